@@ -1,0 +1,1 @@
+"""The taskcast bridge: streams operations from the Redis event store to WebSocket clients."""

@@ -1,0 +1,246 @@
+"""The Redis event store: one atomic append per event, and the reads the bridge needs.
+
+Layout under the prefix (default ``taskcast:``)::
+
+    op:{ID}          hash    the operation snapshot, JSON-encoded values, last_seq
+    op:{ID}:events   stream  the operation's history, entry id ``{seq}-0``, field e
+    events           stream  every event of every operation: o (id), s (seq),
+                             t (operation type), e (event JSON)
+    ops              zset    operation ids scored by their last update
+
+The braces are a Redis Cluster hash tag: both keys of one operation share a slot.
+A stored event is the exact JSON clients receive, so readers forward bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from .events import FINISHED_STATUSES, Event
+
+# KEYS: 1 snapshot hash, 2 history stream, 3 live stream, 4 index zset
+# ARGV: 1 id, 2 prefix, 3 suffix, 4 history maxlen, 5 ttl, 6 live maxlen,
+#       7 score, 8 kind (n/t/r), 9 number of overwrite pairs, then the
+#       overwrite pairs, then the set-if-absent pairs.
+# Returns the new seq, or 0 when the operation already ended (nothing stored).
+APPEND_SCRIPT = """
+local kind = ARGV[8]
+if kind ~= 'r' and redis.call('HGET', KEYS[1], 'terminal') == '1' then
+  return 0
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+local event = ARGV[2] .. seq .. ARGV[3]
+local first_absent = 10 + 2 * tonumber(ARGV[9])
+local overwrite = {'terminal', kind == 't' and '1' or '0'}
+for i = 10, first_absent - 1 do overwrite[#overwrite + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(overwrite))
+for i = first_absent, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'e', event)
+local optype = redis.call('HGET', KEYS[1], 'operation_type')
+optype = optype and cjson.decode(optype) or ''
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'o', ARGV[1], 's', seq, 't', optype,
+  'e', event)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (tonumber(ARGV[7]) - tonumber(ARGV[5])))
+return seq
+"""
+
+# Snapshot fields that are bookkeeping, not part of PROTOCOL.md's snapshot.
+_INTERNAL_FIELDS = frozenset({"terminal", "created_at"})
+SNAPSHOT_DEFAULTS: dict[str, Any] = {
+    "operation_id": None,
+    "operation_type": None,
+    "status": "queued",
+    "progress": 0.0,
+    "message": "",
+    "started_at": None,
+    "updated_at": None,
+    "finished_at": None,
+    "metadata": {},
+    "event_count": 0,
+    "last_seq": 0,
+    "worker": None,
+    "result": None,
+    "error": None,
+}
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix, shared by writers and readers."""
+
+    prefix: str = "taskcast:"
+
+    def snapshot(self, operation_id: str) -> str:
+        return f"{self.prefix}op:{{{operation_id}}}"
+
+    def history(self, operation_id: str) -> str:
+        return f"{self.prefix}op:{{{operation_id}}}:events"
+
+    @property
+    def live(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}ops"
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """One entry of the live stream, as the bridge routes it without decoding JSON."""
+
+    stream_id: bytes
+    operation_id: str
+    seq: int
+    operation_type: str
+    payload: bytes
+
+
+def decode_snapshot(raw: Mapping[bytes, bytes]) -> dict[str, Any] | None:
+    """Turn a snapshot hash into PROTOCOL.md's operation object (None if absent)."""
+    if not raw:
+        return None
+    snapshot = dict(SNAPSHOT_DEFAULTS)
+    for key, value in raw.items():
+        name = key.decode()
+        if name not in _INTERNAL_FIELDS:
+            snapshot[name] = orjson.loads(value)
+    snapshot["event_count"] = snapshot["last_seq"]
+    return snapshot
+
+
+def decode_live(entries: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> list[LiveEvent]:
+    """Decode live-stream entries as returned by XREAD/XRANGE."""
+    return [
+        LiveEvent(
+            stream_id=stream_id,
+            operation_id=fields[b"o"].decode(),
+            seq=int(fields[b"s"]),
+            operation_type=fields[b"t"].decode(),
+            payload=fields[b"e"],
+        )
+        for stream_id, fields in entries
+    ]
+
+
+def decode_history(
+    entries: Iterable[tuple[bytes, Mapping[bytes, bytes]]],
+) -> list[tuple[int, bytes]]:
+    """History entries as ``(seq, event JSON)`` pairs."""
+    return [(int(entry_id.split(b"-", 1)[0]), fields[b"e"]) for entry_id, fields in entries]
+
+
+def matches_status(snapshot: Mapping[str, Any], status: str | None) -> bool:
+    """The ``list_operations`` filter: ``active``, ``finished`` or one status name."""
+    if status is None:
+        return True
+    finished = snapshot.get("status") in FINISHED_STATUSES
+    if status == "active":
+        return not finished
+    if status == "finished":
+        return finished
+    return snapshot.get("status") == status
+
+
+def history_start(since: int) -> str:
+    """The exclusive XRANGE start for events after ``since``."""
+    return f"({since}-0" if since > 0 else "-"
+
+
+def is_recovered(since: int, history: list[tuple[int, bytes]], last_seq: int) -> bool:
+    """Whether ``history`` holds every event after ``since`` (PROTOCOL.md's ``recovered``)."""
+    if last_seq == 0:
+        return since == 0
+    if not history:
+        return since >= last_seq
+    return history[0][0] <= since + 1
+
+
+class EventStore:
+    """Synchronous access to the store, for workers, the emitter and tools.
+
+    ``client`` must not decode responses: events stay bytes end to end.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "taskcast:",
+        history_maxlen: int = 1000,
+        history_ttl: int = 86400,
+        live_maxlen: int = 100_000,
+    ) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.history_maxlen = history_maxlen
+        self.history_ttl = history_ttl
+        self.live_maxlen = live_maxlen
+        self._append = client.register_script(APPEND_SCRIPT)
+
+    def append(self, event: Event) -> int:
+        """Store ``event`` atomically; return its seq, or 0 if the operation had ended."""
+        prefix, suffix = event.encode()
+        overwrite, if_absent = event.snapshot_changes()
+        args: list[Any] = [
+            event.operation_id,
+            prefix,
+            suffix,
+            self.history_maxlen,
+            self.history_ttl,
+            self.live_maxlen,
+            event.timestamp,
+            event.kind,
+            len(overwrite),
+        ]
+        for mapping in (overwrite, if_absent):
+            for name, value in mapping.items():
+                args.extend((name, value))
+        keys = [
+            self.keys.snapshot(event.operation_id),
+            self.keys.history(event.operation_id),
+            self.keys.live,
+            self.keys.index,
+        ]
+        return int(self._append(keys=keys, args=args))
+
+    def snapshot(self, operation_id: str) -> dict[str, Any] | None:
+        """The operation's snapshot, or None if the store has no such operation."""
+        return decode_snapshot(self.client.hgetall(self.keys.snapshot(operation_id)))
+
+    def history(self, operation_id: str, since: int = 0) -> list[tuple[int, bytes]]:
+        """Stored events with ``seq > since``, oldest first, as ``(seq, JSON)``."""
+        entries = self.client.xrange(self.keys.history(operation_id), min=history_start(since))
+        return decode_history(entries)
+
+    def list_operations(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Snapshots, most recently updated first, filtered by ``matches_status``."""
+        found: list[dict[str, Any]] = []
+        start, page = 0, max(limit, 100)
+        while len(found) < limit:
+            ids = self.client.zrevrange(self.keys.index, start, start + page - 1)
+            if not ids:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for op_id in ids:
+                pipe.hgetall(self.keys.snapshot(op_id.decode()))
+            for raw in pipe.execute():
+                snapshot = decode_snapshot(raw)
+                if snapshot is not None and matches_status(snapshot, status):
+                    found.append(snapshot)
+            start += page
+        return found[:limit]
+
+    def live_tail(
+        self, last_id: bytes | str = b"$", block_ms: int | None = None, count: int = 1000
+    ) -> list[LiveEvent]:
+        """Live-stream entries after ``last_id`` (``$``: only new ones)."""
+        reply = self.client.xread({self.keys.live: last_id}, count=count, block=block_ms)
+        return decode_live(reply[0][1]) if reply else []

@@ -1,0 +1,115 @@
+"""The event store against a real redis-server: seq, exact JSON, snapshot, bounds."""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+
+from tasks.events import Event, error_data, progress_data, status_data
+from tasks.store import EventStore
+
+
+def status(op: str, name: str, **kw) -> Event:
+    return Event("status", op, status_data(name, **kw), operation_type="demo.job")
+
+
+def test_append_assigns_seq_and_stores_protocol_json(store: EventStore) -> None:
+    assert store.append(status("op1", "queued")) == 1
+    assert store.append(status("op1", "running", details={"worker": "celery@a"})) == 2
+    assert (
+        store.append(Event("progress", "op1", progress_data(current=3, total=4, message="m"))) == 3
+    )
+    history = store.history("op1")
+    assert [seq for seq, _ in history] == [1, 2, 3]
+    event = orjson.loads(history[2][1])
+    assert set(event) == {"event_type", "operation_id", "seq", "timestamp", "data"}
+    assert event["seq"] == 3 and event["operation_id"] == "op1"
+    assert event["data"] == {
+        "progress": 0.75,
+        "message": "m",
+        "details": {},
+        "current": 3,
+        "total": 4,
+    }
+    live = store.live_tail("0")
+    assert [(e.operation_id, e.seq, e.operation_type) for e in live] == [
+        ("op1", 1, "demo.job"),
+        ("op1", 2, "demo.job"),
+        ("op1", 3, "demo.job"),
+    ]
+    assert live[2].payload == history[2][1]
+
+
+def test_snapshot_follows_events(store: EventStore) -> None:
+    store.append(status("op", "queued"))
+    store.append(status("op", "running", details={"worker": "celery@a"}))
+    store.append(Event("progress", "op", progress_data(0.5, "half")))
+    store.append(Event("log", "op", {"level": "info", "message": "a log"}))
+    snap = store.snapshot("op")
+    assert snap["status"] == "running" and snap["progress"] == 0.5
+    assert snap["message"] == "half" and snap["worker"] == "celery@a"
+    assert snap["operation_type"] == "demo.job" and snap["event_count"] == snap["last_seq"] == 4
+    store.append(Event("result", "op", {"result": {"x": 1}}))
+    store.append(Event("completed", "op", {"status": "completed", "duration": 1.0}))
+    snap = store.snapshot("op")
+    assert snap["status"] == "completed" and snap["result"] == {"x": 1}
+    assert snap["finished_at"] is not None and snap["progress"] == 1.0
+    assert store.snapshot("missing") is None
+
+
+def test_nothing_is_stored_after_a_terminal_event_until_the_task_runs_again(
+    store: EventStore,
+) -> None:
+    store.append(status("op", "running"))
+    store.append(Event("error", "op", error_data("boom", "ValueError")))
+    assert store.append(Event("progress", "op", progress_data(0.9))) == 0
+    assert store.snapshot("op")["status"] == "failed"
+    assert store.append(status("op", "running")) == 3
+    snap = store.snapshot("op")
+    assert snap["status"] == "running" and snap["error"] is None and snap["finished_at"] is None
+
+
+def test_concurrent_appends_never_share_or_skip_a_seq(redis_client, prefix) -> None:
+    store = EventStore(redis_client, prefix=prefix, history_maxlen=5000)
+
+    def emit(n: int) -> None:
+        for i in range(n):
+            store.append(Event("progress", "shared", progress_data(i / n)))
+
+    threads = [threading.Thread(target=emit, args=(200,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seqs = [seq for seq, _ in store.history("shared")]
+    assert seqs == list(range(1, 1601))
+    assert [orjson.loads(p)["seq"] for _, p in store.history("shared")] == seqs
+
+
+def test_history_is_trimmed_and_expires(redis_client, prefix) -> None:
+    store = EventStore(redis_client, prefix=prefix, history_maxlen=10, history_ttl=30)
+    for i in range(25):
+        store.append(Event("progress", "op", progress_data(i / 25)))
+    history = store.history("op")
+    assert [seq for seq, _ in history] == list(range(16, 26))
+    assert store.snapshot("op")["event_count"] == 25
+    for key in (store.keys.snapshot("op"), store.keys.history("op")):
+        assert 0 < redis_client.ttl(key) <= 30
+
+
+def test_list_operations_newest_first_with_status_filter(store: EventStore) -> None:
+    for i in range(5):
+        store.append(Event("status", f"op{i}", status_data("running"), timestamp=1000.0 + i))
+    store.append(Event("completed", "op1", {"status": "completed", "duration": 1}, timestamp=2000))
+    ids = [s["operation_id"] for s in store.list_operations()]
+    assert ids == ["op1", "op4", "op3", "op2", "op0"]
+    assert [s["operation_id"] for s in store.list_operations("finished")] == ["op1"]
+    assert [s["operation_id"] for s in store.list_operations("active", limit=2)] == ["op4", "op3"]
+
+
+def test_history_after_since(store: EventStore) -> None:
+    for i in range(5):
+        store.append(Event("progress", "op", progress_data(i / 5)))
+    assert [seq for seq, _ in store.history("op", since=3)] == [4, 5]
+    assert store.history("op", since=5) == []

@@ -1,0 +1,149 @@
+"""Every taskcast setting, read once from environment variables.
+
+Workers, bridges and the CLI all call :func:`load_settings`, so they agree on
+the Redis URL and key prefix without sharing a config file. A bad value stops
+start-up with a :class:`ConfigError` naming the variable, instead of failing
+later with a confusing Redis or socket error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ConfigError(ValueError):
+    """A setting has a value taskcast cannot use; the message names the variable."""
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        scheme = urlparse(raw).scheme
+        if scheme not in schemes:
+            raise ValueError(f"expected a URL starting with one of {', '.join(schemes)}")
+        return raw
+
+    return parse
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _float(low: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not value >= low:  # also rejects NaN
+            raise ValueError(f"must be a number >= {low}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _prefix(raw: str) -> str:
+    if not raw or any(c.isspace() for c in raw):
+        raise ValueError("must be a non-empty string without spaces")
+    return raw
+
+
+_REDIS = _url(("redis", "rediss", "unix"))
+_BROKER = _url(("redis", "rediss", "amqp", "amqps", "pyamqp", "memory", "sentinel"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration; see the README's configuration table for each variable."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str = DEFAULT_REDIS_URL
+    result_backend: str = DEFAULT_REDIS_URL
+    prefix: str = "taskcast:"
+    history_maxlen: int = 1000
+    history_ttl: int = 86400
+    live_maxlen: int = 100_000
+    progress_interval: float = 0.05
+    result_max_bytes: int = 65536
+    emit_timeout: float = 0.5
+    send_traceback: bool = False
+    result_expires: int = 86400
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_subscriptions: int = 1000
+    max_message_bytes: int = 65536
+    send_buffer_bytes: int = 1 << 20
+    ping_interval: float = 20.0
+    compression: bool = False
+
+
+# field name -> (environment variable, parser)
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "redis_url": ("TASKCAST_REDIS_URL", _REDIS),
+    "broker_url": ("CELERY_BROKER_URL", _BROKER),
+    "result_backend": ("CELERY_RESULT_BACKEND", _url(("redis", "rediss", "rpc", "cache", "db"))),
+    "prefix": ("TASKCAST_PREFIX", _prefix),
+    "history_maxlen": ("TASKCAST_HISTORY_MAXLEN", _int(1)),
+    "history_ttl": ("TASKCAST_HISTORY_TTL", _int(1)),
+    "live_maxlen": ("TASKCAST_LIVE_MAXLEN", _int(100)),
+    "progress_interval": ("TASKCAST_PROGRESS_INTERVAL", _float(0.0)),
+    "result_max_bytes": ("TASKCAST_RESULT_MAX_BYTES", _int(64)),
+    "emit_timeout": ("TASKCAST_EMIT_TIMEOUT", _float(0.001)),
+    "send_traceback": ("TASKCAST_SEND_TRACEBACK", _bool),
+    "result_expires": ("TASKCAST_RESULT_EXPIRES", _int(1)),
+    "host": ("TASKCAST_HOST", str),
+    "port": ("TASKCAST_PORT", _int(0, 65535)),
+    "max_subscriptions": ("TASKCAST_MAX_SUBSCRIPTIONS", _int(1)),
+    "max_message_bytes": ("TASKCAST_MAX_MESSAGE_BYTES", _int(1024)),
+    "send_buffer_bytes": ("TASKCAST_SEND_BUFFER_BYTES", _int(1024)),
+    "ping_interval": ("TASKCAST_PING_INTERVAL", _float(0.1)),
+    "compression": ("TASKCAST_COMPRESSION", _bool),
+}
+
+ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(var for var, _ in _ENV.values())
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``).
+
+    ``overrides`` win over the environment (command-line flags use them).
+    The broker and result backend default to the event-store Redis, so one
+    variable is enough for a single-Redis deployment.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in fields(Settings):
+        var, parse = _ENV[field.name]
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[field.name] = parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.setdefault("redis_url", DEFAULT_REDIS_URL)
+    values.setdefault("broker_url", values["redis_url"])
+    values.setdefault("result_backend", values["redis_url"])
+    return Settings(**values)
