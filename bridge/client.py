@@ -1,0 +1,366 @@
+"""Python client for the taskcast bridge: follow operations from scripts and services.
+
+``watch(operation_id)`` is an async iterator that ends after the operation's
+terminal event and survives bridge restarts: on reconnect it resubscribes with
+``since`` = the last seq it delivered, so no event is skipped or repeated.
+:class:`SyncClient` wraps it for code without an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tasks.events import FINISHED_STATUSES, TERMINAL_EVENT_TYPES
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+# PROTOCOL.md: reconnect after these close codes (and 4000-4499), not after others.
+RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
+
+
+class BridgeUnavailable(ConnectionError):
+    """The bridge cannot be reached (not running, wrong URL, or gone for good)."""
+
+
+class CommandError(Exception):
+    """The bridge answered a command with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def should_reconnect(code: int | None) -> bool:
+    """Whether PROTOCOL.md lets a client reconnect after this close code."""
+    return code is None or code in RECONNECT_CODES or 4000 <= code <= 4499
+
+
+def backoff_delay(attempt: int, base: float = 0.25, cap: float = 10.0) -> float:
+    """Exponential back-off with full jitter, so clients of a restarted bridge spread out."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class _Subscription:
+    """Events of one operation waiting for their consumer, and where it has got to."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.last_seq = 0
+        self.snapshot: dict[str, Any] | None = None
+
+    def accept(self, event: dict[str, Any]) -> None:
+        seq = event.get("seq", 0)
+        if seq > self.last_seq:
+            self.last_seq = seq
+            self.queue.put_nowait(event)
+
+
+class TaskcastClient:
+    """One WebSocket connection to a bridge, re-established when the bridge restarts."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        reconnect: bool = True,
+        open_timeout: float = 5.0,
+        max_reconnect_time: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.reconnect = reconnect
+        self.open_timeout = open_timeout
+        self.max_reconnect_time = max_reconnect_time
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._subs: dict[str, _Subscription] = {}
+        self._monitor: asyncio.Queue[dict[str, Any] | None] | None = None
+        self._monitor_type: str | None = None
+        self._closing = False
+        self._connected = asyncio.Event()
+        self.connected_info: dict[str, Any] = {}
+
+    async def connect(self) -> TaskcastClient:
+        """Open the connection; raises :class:`BridgeUnavailable` if nobody answers."""
+        await self._open()
+        self._reader = asyncio.create_task(self._read_loop())
+        return self
+
+    async def close(self) -> None:
+        """Close for good: pending commands fail, iterators end."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader
+        self._finish_iterators()
+
+    async def __aenter__(self) -> TaskcastClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def request(self, command: str, **fields: Any) -> dict[str, Any]:
+        """Send one command and return its reply; error replies raise :class:`CommandError`."""
+        await self._wait_connected()
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        frame = {"command": command, "request_id": request_id, **fields}
+        try:
+            assert self._ws is not None
+            await self._ws.send(orjson.dumps(frame).decode())
+            reply = await future
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.get("status") == "error":
+            raise CommandError(reply.get("code", "error"), reply.get("message", ""))
+        return reply
+
+    async def get_operation(self, operation_id: str) -> dict[str, Any]:
+        """The operation's snapshot; unknown ids raise ``CommandError('not_found')``."""
+        return (await self.request("get_operation", operation_id=operation_id))["operation"]
+
+    async def list_operations(self, status: str | None = None, limit: int = 50) -> list[dict]:
+        """Snapshots, most recently updated first."""
+        fields: dict[str, Any] = {"limit": limit}
+        if status:
+            fields["status"] = status
+        return (await self.request("list_operations", **fields))["operations"]
+
+    async def get_stats(self) -> dict[str, Any]:
+        """The bridge's statistics."""
+        return (await self.request("get_stats"))["stats"]
+
+    async def ping(self) -> dict[str, Any]:
+        """Round trip to the bridge."""
+        return await self.request("ping")
+
+    async def watch(self, operation_id: str, since: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Every event of the operation after ``since``, ending after its terminal event.
+
+        If the bridge no longer has the terminal event (history expired) but the
+        snapshot shows the operation finished, the iterator ends after the replay;
+        :meth:`snapshot` then tells how it ended.
+        """
+        sub = self._subs.setdefault(operation_id, _Subscription())
+        sub.last_seq = max(sub.last_seq, since)
+        try:
+            try:
+                await self._subscribe(operation_id, sub)
+            except BridgeUnavailable:
+                if self._closing:
+                    raise  # otherwise the reconnect resubscribes everything in _subs
+            while True:
+                event = await sub.queue.get()
+                if event is None:
+                    return
+                yield event
+                if event["event_type"] in TERMINAL_EVENT_TYPES:
+                    return
+        finally:
+            self._subs.pop(operation_id, None)
+            if self._ws is not None and not self._closing:
+                await self._quietly("unsubscribe", operation_id=operation_id)
+
+    def snapshot(self, operation_id: str) -> dict[str, Any] | None:
+        """The snapshot from the latest subscribe reply of a watched operation."""
+        sub = self._subs.get(operation_id)
+        return sub.snapshot if sub else None
+
+    async def monitor(self, operation_type: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every live event of every operation (optionally of one type), until closed."""
+        self._monitor = asyncio.Queue()
+        self._monitor_type = operation_type
+        try:
+            await self._subscribe_all()
+            while (event := await self._monitor.get()) is not None:
+                yield event
+        finally:
+            self._monitor = None
+            if self._ws is not None and not self._closing:
+                await self._quietly("unsubscribe_all")
+
+    async def _subscribe(self, operation_id: str, sub: _Subscription) -> None:
+        fields: dict[str, Any] = {"operation_id": operation_id}
+        if sub.last_seq:
+            fields["since"] = sub.last_seq
+        reply = await self.request("subscribe", **fields)
+        sub.snapshot = reply.get("operation")
+        snapshot = sub.snapshot or {}
+        if (
+            not reply.get("recovered", True)
+            and snapshot.get("status") in FINISHED_STATUSES
+            and reply.get("replayed", 0) == 0
+        ):
+            sub.queue.put_nowait(None)
+
+    async def _subscribe_all(self) -> None:
+        fields = {"operation_type": self._monitor_type} if self._monitor_type else {}
+        await self.request("subscribe_all", **fields)
+
+    async def _quietly(self, command: str, **fields: Any) -> None:
+        with contextlib.suppress(CommandError, ConnectionError, ConnectionClosed):
+            await self.request(command, **fields)
+
+    async def _open(self) -> None:
+        try:
+            self._ws = await connect(
+                self.url, open_timeout=self.open_timeout, max_size=None, compression=None
+            )
+            welcome = orjson.loads(await asyncio.wait_for(self._ws.recv(), self.open_timeout))
+        except (OSError, TimeoutError, websockets.InvalidHandshake, ConnectionClosed) as exc:
+            raise BridgeUnavailable(
+                f"cannot reach the taskcast bridge at {self.url}: {exc}"
+            ) from exc
+        self.connected_info = welcome.get("data", {})
+        self._connected.set()
+
+    async def _wait_connected(self) -> None:
+        if self._closing:
+            raise BridgeUnavailable("the client is closed")
+        await self._connected.wait()
+        if self._closing:
+            raise BridgeUnavailable("the client is closed")
+
+    async def _read_loop(self) -> None:
+        while True:
+            assert self._ws is not None
+            try:
+                async for frame in self._ws:
+                    self._dispatch(orjson.loads(frame))
+            except ConnectionClosed:
+                pass
+            self._connected.clear()
+            self._fail_pending(BridgeUnavailable("connection to the bridge lost"))
+            code = self._ws.close_code
+            if self._closing or not self.reconnect or not should_reconnect(code):
+                break
+            if not await self._reopen():
+                break
+        self._closing = True
+        self._connected.set()
+        self._finish_iterators()
+
+    async def _reopen(self) -> bool:
+        """Reconnect with back-off and resume every subscription; False if it gave up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_reconnect_time
+        for attempt in itertools.count():
+            await asyncio.sleep(backoff_delay(attempt))
+            try:
+                await self._open()
+                break
+            except BridgeUnavailable:
+                if loop.time() > deadline or self._closing:
+                    return False
+        asyncio.create_task(self._resume())
+        return True
+
+    async def _resume(self) -> None:
+        try:
+            for operation_id, sub in list(self._subs.items()):
+                await self._subscribe(operation_id, sub)
+            if self._monitor is not None:
+                await self._subscribe_all()
+        except (CommandError, ConnectionError, ConnectionClosed):
+            pass  # the read loop sees the connection drop and resumes again
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if "event_type" not in message:
+            future = self._pending.get(message.get("request_id"))  # type: ignore[arg-type]
+            if future is not None and not future.done():
+                future.set_result(message)
+            return
+        if self._monitor is not None:
+            self._monitor.put_nowait(message)
+        sub = self._subs.get(message.get("operation_id", ""))
+        if sub is not None:
+            sub.accept(message)
+
+    def _fail_pending(self, error: Exception) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _finish_iterators(self) -> None:
+        for sub in self._subs.values():
+            sub.queue.put_nowait(None)
+        if self._monitor is not None:
+            self._monitor.put_nowait(None)
+
+
+class SyncClient:
+    """Blocking wrapper for scripts: the async client runs on a private event-loop thread."""
+
+    def __init__(self, url: str = DEFAULT_URL, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client = TaskcastClient(url, **options)
+        try:
+            self._run(self._client.connect())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _iterate(self, iterator: AsyncIterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        try:
+            while True:
+                try:
+                    yield self._run(iterator.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(iterator.aclose())
+
+    def watch(self, operation_id: str, since: int = 0) -> Iterator[dict[str, Any]]:
+        """Blocking :meth:`TaskcastClient.watch`."""
+        return self._iterate(self._client.watch(operation_id, since))
+
+    def monitor(self, operation_type: str | None = None) -> Iterator[dict[str, Any]]:
+        """Blocking :meth:`TaskcastClient.monitor`."""
+        return self._iterate(self._client.monitor(operation_type))
+
+    def get_operation(self, operation_id: str) -> dict[str, Any]:
+        return self._run(self._client.get_operation(operation_id))
+
+    def list_operations(self, status: str | None = None, limit: int = 50) -> list[dict]:
+        return self._run(self._client.list_operations(status, limit))
+
+    def get_stats(self) -> dict[str, Any]:
+        return self._run(self._client.get_stats())
+
+    def close(self) -> None:
+        """Close the connection and stop the loop thread."""
+        try:
+            self._run(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

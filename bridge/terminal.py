@@ -1,0 +1,243 @@
+"""Terminal commands: ``taskcast submit``, ``watch``, ``monitor`` and ``stats``.
+
+They talk to a running bridge with :mod:`bridge.client`; a bridge that is not
+there is reported in one line with exit code 3, never a traceback. ``watch``
+exits 0 when the operation completes and 1 when it ends in error, so shell
+scripts can chain on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+import orjson
+from kombu.exceptions import OperationalError
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from worker_config import load_settings
+
+from .client import BridgeUnavailable, CommandError, TaskcastClient
+
+EXIT_UNREACHABLE = 3
+LOG_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
+
+
+def default_url() -> str:
+    """The bridge URL from TASKCAST_HOST / TASKCAST_PORT."""
+    settings = load_settings()
+    return f"ws://{settings.host}:{settings.port}/ws"
+
+
+url_option = click.option(
+    "--url",
+    default=None,
+    help="Bridge WebSocket URL [default: ws://TASKCAST_HOST:TASKCAST_PORT/ws]",
+)
+
+
+def run_client(url: str | None, work: Callable[[TaskcastClient], Awaitable[int]]) -> None:
+    """Connect, run ``work``, exit with its code; unreachable bridges exit 3 in one line."""
+
+    async def main() -> int:
+        async with TaskcastClient(url or default_url()) as client:
+            return await work(client)
+
+    try:
+        code = asyncio.run(main())
+    except BridgeUnavailable as exc:
+        click.echo(f"taskcast: {exc}", err=True)
+        code = EXIT_UNREACHABLE
+    except CommandError as exc:
+        click.echo(f"taskcast: {exc}", err=True)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def parse_arg(text: str) -> tuple[str, Any]:
+    """``key=value``: the value as JSON when it parses (numbers, lists...), else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not key=value", param_hint="--arg")
+    try:
+        return key, orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return key, raw
+
+
+def apply_event(row: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """Fold one event into a displayed operation row (status, progress, message)."""
+    data = event.get("data", {})
+    kind = event["event_type"]
+    row.setdefault("operation_id", event["operation_id"])
+    if kind == "status":
+        row["status"] = data.get("status")
+    elif kind == "completed":
+        row["status"], row["progress"] = "completed", 1.0
+    elif kind == "error":
+        row["status"], row["message"] = data.get("status", "failed"), data.get("error", "")
+    if data.get("progress") is not None:
+        row["progress"] = data["progress"]
+    if kind in ("status", "progress") and data.get("message"):
+        row["message"] = data["message"]
+    row["updated_at"] = event.get("timestamp", time.time())
+    return row
+
+
+async def follow(client: TaskcastClient, operation_id: str, console: Console) -> int:
+    """Show one operation's progress bar and log lines until it ends; its exit code."""
+    columns = (
+        TextColumn("[bold]{task.fields[status]:<10}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
+    ending: dict[str, Any] | None = None
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("", total=1.0, status="waiting")
+        async for event in client.watch(operation_id):
+            row = apply_event({}, event)
+            data = event["data"]
+            if event["event_type"] == "log":
+                style = LOG_STYLES.get(data.get("level", "info"), "")
+                bar.console.print(f"[{style}]{data.get('level', 'info'):>7}[/] {data['message']}")
+            update: dict[str, Any] = {}
+            if "status" in row:
+                update["status"] = row["status"]
+            if "progress" in row:
+                update["completed"] = row["progress"]
+            if row.get("message"):
+                update["description"] = row["message"]
+            bar.update(task, **update)
+            if event["event_type"] in ("completed", "error"):
+                ending = event
+    if ending is None:
+        snapshot = client.snapshot(operation_id) or await client.get_operation(operation_id)
+        ok = snapshot.get("status") == "completed"
+        console.print(f"operation {operation_id} ended: {snapshot.get('status')}")
+        return 0 if ok else 1
+    data = ending["data"]
+    if ending["event_type"] == "completed":
+        console.print(f"[green]completed[/] in {data.get('duration', 0):.2f}s")
+        return 0
+    console.print(
+        f"[red]{data.get('status', 'failed')}[/]: {data.get('error_type')}: {data['error']}"
+    )
+    return 1
+
+
+@click.command()
+@click.argument("operation_id")
+@url_option
+def watch(operation_id: str, url: str | None) -> None:
+    """Follow one operation live; exit 0 when it completes, 1 when it fails."""
+    run_client(url, lambda client: follow(client, operation_id, Console()))
+
+
+@click.command()
+@click.argument("task_name")
+@click.option("--arg", "args", multiple=True, help="Task keyword argument key=value (repeatable)")
+@click.option("--watch", "watch_it", is_flag=True, help="Follow the task after submitting it")
+@click.option("--queue", default=None, help="Celery queue to send the task to")
+@url_option
+def submit(
+    task_name: str, args: tuple[str, ...], watch_it: bool, queue: str | None, url: str | None
+) -> None:
+    """Submit a Celery task by name and print its id (the operation id)."""
+    from tasks import app
+
+    kwargs = dict(parse_arg(a) for a in args)
+    try:
+        result = app.send_task(task_name, kwargs=kwargs, queue=queue)
+    except OperationalError as exc:
+        click.echo(f"taskcast: cannot reach the Celery broker: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    click.echo(result.id)
+    if watch_it:
+        run_client(url, lambda client: follow(client, result.id, Console(stderr=True)))
+
+
+def _operations_table(rows: dict[str, dict[str, Any]]) -> Table:
+    table = Table(expand=True)
+    for name in ("operation", "type", "status", "progress", "message"):
+        table.add_column(name, overflow="fold")
+    ordered = sorted(rows.values(), key=lambda r: r.get("updated_at") or 0, reverse=True)
+    for row in ordered[:40]:
+        table.add_row(
+            row["operation_id"][:12],
+            row.get("operation_type") or "",
+            row.get("status") or "",
+            f"{(row.get('progress') or 0) * 100:5.1f}%",
+            row.get("message") or "",
+        )
+    return table
+
+
+async def _monitor(client: TaskcastClient, console: Console, duration: float | None) -> int:
+    rows = {op["operation_id"]: op for op in await client.list_operations("active")}
+
+    async def consume(live: Live | None) -> None:
+        async for event in client.monitor():
+            row = apply_event(rows.setdefault(event["operation_id"], {}), event)
+            if live is not None:
+                live.update(_operations_table(rows))
+            else:
+                console.print(
+                    f"{row['operation_id']} {event['event_type']:<9} {row.get('status') or '':<10} "
+                    f"{(row.get('progress') or 0) * 100:5.1f}% {row.get('message') or ''}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+
+    async def run(live: Live | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consume(live), duration)
+
+    if console.is_terminal:
+        with Live(_operations_table(rows), console=console, refresh_per_second=8) as live:
+            await run(live)
+    else:
+        await run(None)
+    return 0
+
+
+@click.command()
+@url_option
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds")
+def monitor(url: str | None, duration: float | None) -> None:
+    """Show every operation live (a table on a terminal, one line per event otherwise)."""
+    run_client(url, lambda client: _monitor(client, Console(), duration))
+
+
+@click.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON object")
+def stats(url: str | None, as_json: bool) -> None:
+    """Print the bridge's statistics."""
+
+    async def show(client: TaskcastClient) -> int:
+        values = await client.get_stats()
+        if as_json:
+            click.echo(orjson.dumps(values, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        table = Table("statistic", "value", title="taskcast bridge")
+        for key, value in values.items():
+            table.add_row(key, str(value))
+        Console().print(table)
+        return 0
+
+    run_client(url, show)
+
+
+COMMANDS = (submit, watch, monitor, stats)
