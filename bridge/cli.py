@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import click
 
+from .demo import demo
+from .terminal import COMMANDS
+
 
 @click.group()
 @click.version_option(package_name="taskcast")
 def main() -> None:
     """taskcast: real-time progress streaming for Celery tasks."""
+
+
+for _command in (*COMMANDS, demo):
+    main.add_command(_command)

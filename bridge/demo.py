@@ -1,0 +1,192 @@
+"""``taskcast demo``: Redis, Celery workers, the bridge and sample tasks in one process tree.
+
+It uses the Redis at TASKCAST_REDIS_URL when one answers there, else starts a
+private ``redis-server``, so a fresh machine needs nothing but the package.
+Every child runs in its own session so that stopping the demo (Ctrl-C,
+SIGTERM or the end of ``--duration``) kills whole process groups, Celery's
+pool children included, and leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import webbrowser
+from dataclasses import dataclass, field
+
+import click
+import redis
+
+from worker_config import load_settings
+
+from .embedded_redis import EmbeddedRedis, free_port
+
+# (task name, keyword arguments): every event type, with a failure and a retry.
+SAMPLES: tuple[tuple[str, dict], ...] = (
+    ("demo.generate_code", {"lines": 120, "delay": 0.05}),
+    ("demo.web_search", {"queries": 4, "delay": 0.4}),
+    ("demo.orchestrate", {"steps": 5, "delay": 0.8}),
+    ("demo.flaky", {"fail_at": 0.6, "delay": 0.3}),
+    ("demo.retry_once", {"delay": 0.5}),
+)
+
+
+def redis_answers(url: str) -> bool:
+    """Whether a Redis server answers PING at ``url`` within a moment."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@dataclass
+class ProcessTree:
+    """Child processes, each the leader of its own process group."""
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+        self.children.append((name, process))
+        return process
+
+    def check(self) -> None:
+        """Raise if a child died: a demo with a dead worker or bridge would only confuse."""
+        for name, process in self.children:
+            if process.poll() is not None:
+                raise click.ClickException(f"the {name} exited with code {process.returncode}")
+
+    def stop(self, grace: float = 4.0) -> None:
+        """SIGTERM every group, then SIGKILL whatever is still alive after ``grace``."""
+        for _, process in self.children:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _, process in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
+def wait_http(url: str, timeout: float, tree: ProcessTree) -> None:
+    """Poll ``url`` until it answers 200, failing early if a child dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tree.check()
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise click.ClickException(f"the bridge did not answer at {url} within {timeout:.0f}s")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="Bridge port [default: TASKCAST_PORT]")
+@click.option("--workers", type=click.IntRange(1, 16), default=1, help="Celery worker processes")
+@click.option("--no-browser", is_flag=True, help="Do not open the dashboard in a browser")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds")
+@click.option(
+    "--interval",
+    type=float,
+    default=4.0,
+    show_default=True,
+    help="Seconds between sample task submissions",
+)
+def demo(
+    port: int | None, workers: int, no_browser: bool, duration: float | None, interval: float
+) -> None:
+    """Run Redis, Celery workers, the bridge and sample tasks; Ctrl-C stops everything."""
+    settings = load_settings()
+    port = settings.port if port is None else (port or free_port())
+    embedded: EmbeddedRedis | None = None
+    redis_url = settings.redis_url
+    if not redis_answers(redis_url):
+        embedded = EmbeddedRedis().start()
+        redis_url = embedded.url
+        click.echo(f"no Redis at {settings.redis_url}: started a private one at {redis_url}")
+    env = dict(os.environ, TASKCAST_REDIS_URL=redis_url, TASKCAST_PORT=str(port))
+    if embedded is not None or "CELERY_BROKER_URL" not in os.environ:
+        env.update(CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url)
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, _terminate)
+    tree = ProcessTree()
+    try:
+        _run(tree, env, settings.host, port, workers, no_browser, duration, interval)
+    except KeyboardInterrupt:
+        click.echo("\nstopping the demo...")
+    finally:
+        tree.stop()
+        if embedded is not None:
+            embedded.close()
+    click.echo("demo stopped: no worker, bridge or Redis left running")
+
+
+def _run(
+    tree: ProcessTree,
+    env: dict[str, str],
+    host: str,
+    port: int,
+    workers: int,
+    no_browser: bool,
+    duration: float | None,
+    interval: float,
+) -> None:
+    for number in range(1, workers + 1):
+        tree.start(
+            f"worker {number}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks",
+                "worker",
+                "--loglevel=WARNING",
+                "--concurrency=4",
+                "-n",
+                f"demo{number}@%h",
+            ],
+            env,
+        )
+    tree.start("bridge", [sys.executable, "-m", "bridge", "serve", "--port", str(port)], env)
+    wait_http(f"http://{host}:{port}/healthz", 20, tree)
+    dashboard = f"http://{host}:{port}/"
+    click.echo(f"taskcast demo running: dashboard at {dashboard}  (Ctrl-C to stop)")
+    click.echo("follow a task in the terminal with: taskcast watch <operation id>")
+    if not no_browser:
+        webbrowser.open(dashboard)
+    from tasks import app
+
+    def submit(name: str, kwargs: dict) -> None:
+        result = app.send_task(name, kwargs=kwargs)
+        click.echo(f"submitted {name}: {dashboard}?operation={result.id}")
+
+    for name, kwargs in SAMPLES:
+        submit(name, kwargs)
+    started = next_submit = time.monotonic()
+    while duration is None or time.monotonic() - started < duration:
+        tree.check()
+        if time.monotonic() >= next_submit:
+            next_submit += interval
+            submit(*random.choice(SAMPLES))
+        time.sleep(0.1)
