@@ -1,0 +1,193 @@
+"""The producer side of the store: emits that never break or stall the task.
+
+A task's progress is a side channel; losing Redis must not lose the task. So
+every emit here swallows store errors, is bounded by a short socket timeout,
+and after a failure stops talking to Redis for a short back-off window
+(dropping and counting events instead of paying the timeout on every call).
+Terminal events still get one attempt during the window, because without
+them an operation would look ``running`` until its history expires.
+
+Progress events go through a :class:`~tasks.coalesce.Coalescer`; a daemon
+thread flushes values held back when a task goes quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker_config import Settings
+
+from .coalesce import Coalescer
+from .events import TERMINAL_EVENT_TYPES, Event
+from .store import EventStore
+
+logger = logging.getLogger("taskcast.producer")
+
+BACKOFF_SECONDS = 1.0
+LOG_EVERY_SECONDS = 10.0
+
+_live_producers: weakref.WeakSet[Producer] = weakref.WeakSet()
+
+
+class Producer:
+    """Thread-safe, fail-safe event emission for one store (one Redis, one prefix)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: float = BACKOFF_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.backoff = backoff
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.emit_timeout,
+            socket_connect_timeout=settings.emit_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.store = EventStore(
+            client,
+            prefix=settings.prefix,
+            history_maxlen=settings.history_maxlen,
+            history_ttl=settings.history_ttl,
+            live_maxlen=settings.live_maxlen,
+        )
+        self.coalescer = Coalescer(settings.progress_interval, clock)
+        self.counters = {"stored": 0, "rejected": 0, "failed": 0, "dropped": 0}
+        self._down_until = 0.0
+        self._last_log = float("-inf")
+        self._unlogged_failures = 0
+        self._closed = False
+        self._reset_threading()
+        _live_producers.add(self)
+
+    def _reset_threading(self) -> None:
+        """Fresh lock and no flusher: used at start and in a forked child."""
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._flusher: threading.Thread | None = None
+        self._flusher_idle = False
+
+    def emit(self, event: Event) -> int:
+        """Store ``event`` (or hold it back if it is progress); return its seq or 0.
+
+        Never raises because of Redis. A held-back progress value is stored
+        before any other event of its operation, so the order is kept.
+        """
+        with self._lock:
+            if event.event_type == "progress":
+                ready = self.coalescer.offer(event)
+                if ready is None:
+                    self._ensure_flusher()
+                    if self._flusher_idle:
+                        self._wake.notify()
+                    return 0
+                return self._store(ready)
+            pending = self.coalescer.take(event.operation_id)
+            if pending is not None:
+                self._store(pending)
+            if event.event_type in TERMINAL_EVENT_TYPES:
+                self.coalescer.forget(event.operation_id)
+            return self._store(event)
+
+    def flush(self) -> None:
+        """Store every held-back progress value now (e.g. before a process exits)."""
+        with self._lock:
+            for event in self.coalescer.drain():
+                self._store(event)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: stored, rejected (operation had ended), failed, dropped, coalesced."""
+        with self._lock:
+            return {**self.counters, "coalesced": self.coalescer.merged}
+
+    def close(self) -> None:
+        """Flush, stop the flusher thread and drop the Redis connections."""
+        self.flush()
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout=2)
+        self.store.client.close()
+
+    def _store(self, event: Event) -> int:
+        """One append, with the back-off window and the failure accounting."""
+        now = self.clock()
+        if now < self._down_until and event.event_type not in TERMINAL_EVENT_TYPES:
+            self.counters["dropped"] += 1
+            return 0
+        try:
+            seq = self.store.append(event)
+        except (redis.RedisError, OSError) as exc:
+            self.counters["failed"] += 1
+            self.counters["dropped"] += 1
+            self._down_until = now + self.backoff
+            self._log_failure(exc, now)
+            return 0
+        if self._down_until:
+            self._down_until = 0.0
+            logger.warning("taskcast event store reachable again at %s", self.settings.redis_url)
+        self.counters["stored" if seq else "rejected"] += 1
+        return seq
+
+    def _log_failure(self, exc: Exception, now: float) -> None:
+        """Log the first failure, then at most one line per LOG_EVERY_SECONDS."""
+        self._unlogged_failures += 1
+        if now - self._last_log < LOG_EVERY_SECONDS:
+            return
+        logger.warning(
+            "taskcast could not store events at %s (%s: %s); %d event(s) dropped since the "
+            "last report; tasks keep running",
+            self.settings.redis_url,
+            type(exc).__name__,
+            exc,
+            self._unlogged_failures,
+        )
+        self._last_log = now
+        self._unlogged_failures = 0
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="taskcast-flusher", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        """Store held-back progress of operations that went quiet, when it falls due."""
+        with self._lock:
+            while not self._closed:
+                due_at = self.coalescer.next_due()
+                if due_at is None:
+                    self._flusher_idle = True
+                    self._wake.wait()
+                    self._flusher_idle = False
+                    continue
+                delay = due_at - self.clock()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                for event in self.coalescer.due():
+                    self._store(event)
+
+
+def _after_fork_in_child() -> None:
+    """A forked pool child inherits held locks and no threads: start clean."""
+    for producer in list(_live_producers):
+        producer._reset_threading()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
