@@ -1,0 +1,472 @@
+// The taskcast dashboard: a live list of operations, one operation's event log, server stats.
+// Model updates happen as events arrive; the DOM is redrawn at most once per animation frame.
+import { TaskcastClient } from '/static/taskcast.js';
+
+const KNOWN_STATUSES = new Set(['queued', 'running', 'retrying', 'completed', 'failed', 'revoked', 'lost']);
+const FINISHED_STATUSES = new Set(['completed', 'failed', 'revoked', 'lost']);
+const STATIC_FIELDS = ['operation_type', 'started_at', 'metadata', 'worker'];
+const LIST_LIMIT = 100;
+const MAX_ROWS = 300;
+const MAX_LOG_ENTRIES = 2000;
+const STATS_INTERVAL_MS = 5000;
+const QUIET_ERRORS = new Set(['not_connected', 'connection_closed', 'disconnected', 'unsubscribed']);
+
+const $ = (id) => document.getElementById(id);
+const list = $('operations');
+const log = $('event-log');
+const monitorToggle = $('monitor');
+const timeFormat = new Intl.DateTimeFormat(undefined, {
+  hour: '2-digit', minute: '2-digit', second: '2-digit', fractionalSecondDigits: 3, hour12: false,
+});
+const dateFormat = new Intl.DateTimeFormat(undefined, {
+  month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
+});
+
+const client = new TaskcastClient();
+/** operation id -> {model, row}; model has the snapshot fields of PROTOCOL.md. */
+const operations = new Map();
+/** The followed operation: its id and the seqs already in the log. */
+let detail = null;
+let filter = 'all';
+let clockOffset = 0;
+let reconnectAt = 0;
+let lastCloseCode = null;
+const dirty = new Set();
+let frameRequested = false;
+
+const serverNow = () => Date.now() / 1000 + clockOffset;
+const isFinished = (model) => FINISHED_STATUSES.has(model.status);
+const statusKind = (status) => (KNOWN_STATUSES.has(status) ? status : status ? 'custom' : 'waiting');
+
+function formatDuration(seconds) {
+  if (seconds == null || Number.isNaN(seconds)) return '–';
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor(s / 60) % 60).padStart(2, '0')}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor(s / 3600) % 24}h`;
+}
+
+function elapsed(model) {
+  if (!model.started_at) return null;
+  return (model.finished_at ?? (isFinished(model) ? model.updated_at : serverNow())) - model.started_at;
+}
+
+const percent = (progress) => Math.round(Math.min(1, Math.max(0, progress ?? 0)) * 100);
+
+function reportError(error) {
+  if (QUIET_ERRORS.has(error.code)) return;
+  console.error(error);
+  const toast = $('toast');
+  toast.textContent = error.code ? `${error.code}: ${error.message}` : String(error.message ?? error);
+  toast.hidden = false;
+  clearTimeout(reportError.timer);
+  reportError.timer = setTimeout(() => { toast.hidden = true; }, 6000);
+}
+
+// ---- model ----------------------------------------------------------------
+
+function entryFor(operationId, firstSeen) {
+  let entry = operations.get(operationId);
+  if (!entry) {
+    const row = $('row-template').content.firstElementChild.cloneNode(true);
+    row.dataset.operationId = operationId;
+    const link = row.querySelector('.op-link');
+    link.href = linkTo(operationId);
+    link.addEventListener('click', (click) => {
+      if (click.button !== 0 || click.metaKey || click.ctrlKey || click.shiftKey) return;
+      click.preventDefault();
+      navigate(operationId);
+    });
+    entry = { model: { operation_id: operationId, last_seq: 0, started_at: firstSeen }, row };
+    operations.set(operationId, entry);
+    place(entry);
+    trimRows();
+  }
+  return entry;
+}
+
+/** Keeps rows newest first; rows only move when their start time becomes known. */
+function place(entry) {
+  const key = entry.model.started_at ?? Infinity;
+  const before = [...list.children].find((row) => row !== entry.row && (operations.get(row.dataset.operationId).model.started_at ?? Infinity) < key);
+  list.insertBefore(entry.row, before ?? null);
+}
+
+function trimRows() {
+  for (const row of [...list.children].reverse()) {
+    if (operations.size <= MAX_ROWS) return;
+    const { model } = operations.get(row.dataset.operationId);
+    if (isFinished(model) && model.operation_id !== detail?.id) {
+      operations.delete(model.operation_id);
+      row.remove();
+    }
+  }
+}
+
+function applySnapshot(snapshot) {
+  const entry = entryFor(snapshot.operation_id, snapshot.started_at);
+  const { model } = entry;
+  const startedBefore = model.started_at;
+  const fresh = (snapshot.last_seq ?? 0) >= model.last_seq;
+  for (const field of fresh ? Object.keys(snapshot) : STATIC_FIELDS) {
+    if (snapshot[field] !== undefined) model[field] = snapshot[field];
+  }
+  if (model.started_at !== startedBefore) place(entry);
+  invalidate(snapshot.operation_id);
+}
+
+function applyEvent(event) {
+  if (event.event_type === 'connected') {
+    if (typeof event.timestamp === 'number') clockOffset = event.timestamp - Date.now() / 1000;
+    return;
+  }
+  if (event.operation_id === detail?.id) addLogEntry(event);
+  const known = operations.has(event.operation_id);
+  const { model } = entryFor(event.operation_id, event.timestamp);
+  if (!known) client.getOperation(event.operation_id).then(applySnapshot, reportError);
+  if (event.seq <= model.last_seq) return;
+  const data = event.data ?? {};
+  switch (event.event_type) {
+    case 'status':
+      model.status = data.status;
+      if (data.message) model.message = data.message;
+      if (!FINISHED_STATUSES.has(data.status)) model.finished_at = null;
+      break;
+    case 'progress':
+      if (typeof data.progress === 'number') model.progress = data.progress;
+      if (data.message) model.message = data.message;
+      break;
+    case 'result':
+      model.result = data.result;
+      break;
+    case 'completed':
+      model.status = 'completed';
+      model.progress = 1;
+      model.finished_at = event.timestamp;
+      break;
+    case 'error':
+      model.status = data.status ?? 'failed';
+      model.error = data;
+      model.finished_at = event.timestamp;
+      break;
+  }
+  model.last_seq = event.seq;
+  model.event_count = Math.max(model.event_count ?? 0, event.seq);
+  model.updated_at = event.timestamp;
+  invalidate(event.operation_id);
+}
+
+// ---- rendering --------------------------------------------------------------
+
+function invalidate(operationId) {
+  dirty.add(operationId);
+  if (frameRequested) return;
+  frameRequested = true;
+  requestAnimationFrame(() => {
+    frameRequested = false;
+    for (const id of dirty) {
+      const entry = operations.get(id);
+      if (entry) renderRow(entry);
+    }
+    if (detail && dirty.has(detail.id)) renderDetail();
+    dirty.clear();
+    renderCounts();
+    if (detail && $('follow').checked) log.scrollTop = log.scrollHeight;
+  });
+}
+
+function setBar(bar, progress) {
+  const value = percent(progress);
+  bar.setAttribute('aria-valuenow', value);
+  bar.firstElementChild.style.width = `${value}%`;
+  return value;
+}
+
+function setBadge(badge, status) {
+  badge.textContent = status ?? 'waiting';
+  badge.dataset.kind = statusKind(status);
+}
+
+function renderRow({ model, row }) {
+  row.dataset.status = model.status ?? 'waiting';
+  row.dataset.kind = statusKind(model.status);
+  row.dataset.progress = String(model.progress ?? 0);
+  setBadge(row.querySelector('.badge'), model.status);
+  row.querySelector('.op-type').textContent = model.operation_type ?? 'operation';
+  row.querySelector('.op-id').textContent = model.operation_id.slice(0, 8);
+  row.querySelector('.op-id').title = model.operation_id;
+  row.querySelector('.percent').textContent = `${setBar(row.querySelector('.bar'), model.progress)}%`;
+  row.querySelector('.op-message').textContent = summary(model);
+  row.querySelector('.op-elapsed').textContent = formatDuration(elapsed(model));
+  row.hidden = !matchesFilter(model);
+  if (model.operation_id === detail?.id) row.setAttribute('aria-current', 'true');
+  else row.removeAttribute('aria-current');
+}
+
+/** The latest message; for a failure, what went wrong. */
+function summary(model) {
+  if (!isFinished(model) || model.status === 'completed' || !model.error) return model.message ?? '';
+  const error = errorOf(model);
+  return [error.error_type, error.error].filter(Boolean).join(': ');
+}
+
+/** The snapshot's `error` may be a message or the error event's data. */
+const errorOf = (model) => (typeof model.error === 'object' ? model.error : { error: model.error });
+
+function matchesFilter(model) {
+  return filter === 'all' || (filter === 'finished') === isFinished(model);
+}
+
+function renderCounts() {
+  const models = [...operations.values()].map((entry) => entry.model);
+  const finished = models.filter(isFinished).length;
+  const counts = { all: models.length, active: models.length - finished, finished };
+  for (const [name, value] of Object.entries(counts)) {
+    document.querySelector(`[data-count="${name}"]`).textContent = value;
+  }
+  const empty = $('empty');
+  empty.hidden = models.some(matchesFilter);
+  empty.textContent = models.length ? `No ${filter} operations.` : 'No operations yet. Start a task, or follow one by id.';
+  const followed = detail && operations.get(detail.id)?.model;
+  document.title = followed?.status
+    ? `${percent(followed.progress)}% ${followed.operation_type ?? followed.status} · taskcast`
+    : `taskcast · ${counts.active} active`;
+}
+
+function renderDetail() {
+  const model = operations.get(detail.id)?.model ?? { operation_id: detail.id };
+  const view = $('detail');
+  view.dataset.operationId = detail.id;
+  view.dataset.status = model.status ?? 'waiting';
+  view.dataset.progress = String(model.progress ?? 0);
+  $('detail-type').textContent = model.operation_type ?? 'operation';
+  $('detail-id').textContent = detail.id;
+  setBadge($('detail-status'), model.status);
+  $('detail-bar').dataset.kind = statusKind(model.status);
+  $('detail-percent').textContent = `${setBar($('detail-bar'), model.progress)}%`;
+  $('detail-message').textContent = model.status ? summary(model) : 'Waiting for the operation to start…';
+  $('detail-started').textContent = model.started_at ? dateFormat.format(model.started_at * 1000) : '–';
+  $('detail-elapsed').textContent = formatDuration(elapsed(model));
+  $('detail-worker').textContent = model.worker ?? '–';
+  $('detail-events').textContent = model.event_count ?? '–';
+  renderOutcome(model);
+}
+
+function renderOutcome(model) {
+  const outcome = $('outcome');
+  const failed = isFinished(model) && model.status !== 'completed' && model.error;
+  outcome.hidden = !failed && model.result == null;
+  outcome.dataset.kind = failed ? 'error' : 'result';
+  if (outcome.hidden) return;
+  const error = errorOf(model);
+  $('outcome-title').textContent = failed ? [model.status, error.error_type].filter(Boolean).join(': ') : 'Result';
+  $('outcome-body').textContent = failed
+    ? [error.error, error.traceback].filter(Boolean).join('\n\n')
+    : JSON.stringify(model.result, null, 2);
+}
+
+function describe(event) {
+  const data = event.data ?? {};
+  switch (event.event_type) {
+    case 'status': {
+      const retry = data.retry_in != null ? ` (retry in ${data.retry_in}s${data.reason ? `: ${data.reason}` : ''})` : '';
+      return [data.status, data.message].filter(Boolean).join(' · ') + retry;
+    }
+    case 'progress': {
+      const counts = data.current != null && data.total != null ? ` (${data.current}/${data.total})` : '';
+      return `${percent(data.progress)}%${counts} ${data.message ?? ''}`;
+    }
+    case 'log':
+      return data.message ?? '';
+    case 'result':
+      return JSON.stringify(data.result);
+    case 'completed':
+      return `completed in ${formatDuration(data.duration)}`;
+    case 'error':
+      return `${data.status ?? 'failed'}: ${[data.error_type, data.error].filter(Boolean).join(': ')}`;
+    default:
+      return JSON.stringify(data);
+  }
+}
+
+/** Each seq appears once, in seq order, whatever order replay and live events arrive in. */
+function addLogEntry(event) {
+  if (typeof event.seq !== 'number' || detail.seqs.has(event.seq)) return;
+  detail.seqs.add(event.seq);
+  const item = $('log-template').content.firstElementChild.cloneNode(true);
+  item.dataset.seq = event.seq;
+  item.dataset.eventType = event.event_type;
+  if (event.data?.level) item.dataset.level = event.data.level;
+  item.querySelector('.log-seq').textContent = `#${event.seq}`;
+  const time = item.querySelector('.log-time');
+  time.dateTime = new Date(event.timestamp * 1000).toISOString();
+  time.textContent = timeFormat.format(event.timestamp * 1000);
+  item.querySelector('.log-type').textContent = event.event_type === 'log' ? event.data?.level ?? 'log' : event.event_type;
+  item.querySelector('.log-text').textContent = describe(event);
+  item.querySelector('details').addEventListener('toggle', () => {
+    item.querySelector('.log-raw').textContent = JSON.stringify(event, null, 2);
+  }, { once: true });
+  const later = Number(log.lastElementChild?.dataset.seq) > event.seq
+    ? [...log.children].find((entry) => Number(entry.dataset.seq) > event.seq)
+    : null;
+  log.insertBefore(item, later);
+  if (log.childElementCount > MAX_LOG_ENTRIES) log.firstElementChild.remove();
+  invalidate(detail.id);
+}
+
+function showLogNotice(text) {
+  const notice = $('log-notice');
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+// ---- detail view and navigation -----------------------------------------
+
+function linkTo(operationId) {
+  const url = new URL(location.href);
+  url.search = operationId ? `?operation=${encodeURIComponent(operationId)}` : '';
+  return url.href;
+}
+
+function navigate(operationId) {
+  history.pushState(null, '', linkTo(operationId));
+  showFromLocation();
+}
+
+function showFromLocation() {
+  const operationId = new URL(location.href).searchParams.get('operation');
+  if (operationId) follow(operationId);
+  else closeDetail();
+}
+
+/** Follows one operation from its first stored event (subscribe without since). */
+async function follow(operationId) {
+  if (detail?.id === operationId) return;
+  closeDetail();
+  detail = { id: operationId, seqs: new Set() };
+  document.body.classList.add('has-detail');
+  $('placeholder').hidden = true;
+  $('detail').hidden = false;
+  showLogNotice('');
+  renderDetail();
+  operations.forEach((entry) => renderRow(entry));
+  try {
+    const reply = await client.subscribe(operationId);
+    if (detail?.id !== operationId) return;
+    if (reply.operation) applySnapshot(reply.operation);
+    if (reply.operation && reply.recovered === false) {
+      showLogNotice('Older events of this operation have expired; the log starts at the oldest one still stored.');
+    }
+  } catch (error) {
+    reportError(error);
+  }
+}
+
+function closeDetail() {
+  if (!detail) return;
+  const { id } = detail;
+  detail = null;
+  client.unsubscribe(id).catch(reportError);
+  log.replaceChildren();
+  $('detail').hidden = true;
+  $('placeholder').hidden = false;
+  document.body.classList.remove('has-detail');
+  operations.forEach((entry) => renderRow(entry));
+  renderCounts();
+}
+
+// ---- server queries -------------------------------------------------------
+
+function refreshList() {
+  client.listOperations({ limit: LIST_LIMIT }).then((snapshots) => snapshots.forEach(applySnapshot), reportError);
+}
+
+function refreshStats() {
+  client.getStats().then((stats) => {
+    for (const element of document.querySelectorAll('[data-stat]')) {
+      const value = stats[element.dataset.stat];
+      element.textContent = value == null ? '–'
+        : element.dataset.stat === 'uptime' ? formatDuration(value) : Number(value).toLocaleString();
+    }
+  }, reportError);
+}
+
+function setMonitor(on) {
+  try {
+    localStorage.setItem('taskcast.monitor', on ? '1' : '0');
+  } catch {
+    // Storage can be unavailable (private modes, sandboxed frames): the toggle then lasts for this page only.
+  }
+  (on ? client.subscribeAll() : client.unsubscribeAll()).catch(reportError);
+}
+
+function storedMonitor() {
+  try {
+    return localStorage.getItem('taskcast.monitor') !== '0';
+  } catch {
+    return true;
+  }
+}
+
+// ---- connection indicator ------------------------------------------------
+
+function renderConnection() {
+  const { state } = client;
+  $('connection').dataset.state = state;
+  const seconds = Math.ceil(Math.max(0, reconnectAt - Date.now()) / 1000);
+  $('connection-text').textContent = {
+    open: 'Live',
+    connecting: 'Connecting…',
+    reconnecting: seconds > 0 ? `Reconnecting in ${seconds}s` : 'Reconnecting…',
+    closed: `Disconnected${lastCloseCode ? ` (${lastCloseCode})` : ''}`,
+  }[state];
+  const button = $('reconnect');
+  button.hidden = state !== 'reconnecting' && state !== 'closed';
+  button.textContent = state === 'closed' ? 'Reconnect' : 'Retry now';
+}
+
+function tick() {
+  for (const entry of operations.values()) {
+    if (!isFinished(entry.model)) entry.row.querySelector('.op-elapsed').textContent = formatDuration(elapsed(entry.model));
+  }
+  if (detail) $('detail-elapsed').textContent = formatDuration(elapsed(operations.get(detail.id)?.model ?? {}));
+  if (client.state === 'reconnecting') renderConnection();
+}
+
+// ---- wiring ---------------------------------------------------------------
+
+client.on('*', applyEvent);
+client.on('state', renderConnection);
+client.on('reconnecting', ({ delay }) => { reconnectAt = Date.now() + delay; });
+client.on('close', ({ code }) => { lastCloseCode = code; });
+client.on('open', () => { refreshList(); refreshStats(); });
+client.on('resume_failed', reportError);
+
+$('reconnect').addEventListener('click', () => client.connect().catch(reportError));
+monitorToggle.addEventListener('change', () => setMonitor(monitorToggle.checked));
+$('detail-close').addEventListener('click', () => navigate(null));
+$('open-form').addEventListener('submit', (submit) => {
+  submit.preventDefault();
+  const operationId = $('open-id').value.trim();
+  if (operationId) navigate(operationId);
+  $('open-id').value = '';
+});
+for (const button of document.querySelectorAll('[data-filter]')) {
+  button.addEventListener('click', () => {
+    filter = button.dataset.filter;
+    document.querySelectorAll('[data-filter]').forEach((b) => b.setAttribute('aria-pressed', String(b === button)));
+    operations.forEach((entry) => { entry.row.hidden = !matchesFilter(entry.model); });
+    renderCounts();
+  });
+}
+window.addEventListener('popstate', showFromLocation);
+
+monitorToggle.checked = storedMonitor();
+if (monitorToggle.checked) client.subscribeAll().catch(reportError);
+showFromLocation();
+renderCounts();
+setInterval(tick, 1000);
+setInterval(() => { if (client.state === 'open') refreshStats(); }, STATS_INTERVAL_MS);
+setInterval(() => { if (client.state === 'open' && !monitorToggle.checked) refreshList(); }, STATS_INTERVAL_MS);
+client.connect().catch(reportError);
