@@ -1,0 +1,104 @@
+"""``ProgressTask``: the base class that gives a Celery task its progress helper.
+
+Declare ``@app.task(bind=True, base=ProgressTask)`` and call ``self.progress``,
+``self.status``, ``self.log`` or ``self.tracker`` inside; the operation id is
+the task id. Lifecycle events (queued, running, result, completed, error) are
+not emitted here but by the signal handlers, for every task alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from .emitter import Emitter
+from .tracker import ProgressTracker
+
+PROGRESS_STATE = "PROGRESS"
+
+
+class ProgressTask(Task):
+    """A Celery task with ``progress``/``status``/``log``/``tracker`` helpers.
+
+    Outside a worker (the task function called directly) there is no task id
+    and the helpers do nothing, so the same code runs in unit tests.
+    """
+
+    emitter = Emitter()
+
+    @property
+    def operation_id(self) -> str | None:
+        return self.request.id
+
+    def progress(
+        self,
+        progress: float | None = None,
+        message: str = "",
+        details: dict[str, Any] | None = None,
+        *,
+        current: float | None = None,
+        total: float | None = None,
+    ) -> None:
+        """Report progress as a 0.0-1.0 fraction or as ``current`` of ``total``.
+
+        Calls may be as frequent as the loop likes: they are coalesced to one
+        stored event per ``TASKCAST_PROGRESS_INTERVAL`` and the last one is kept.
+        """
+        if self.operation_id:
+            self.emitter.emit_progress(
+                self.operation_id, progress, message, details, current=current, total=total
+            )
+
+    def status(self, status: str, message: str = "", details: dict[str, Any] | None = None) -> None:
+        """Set a task-defined status (e.g. ``processing``) shown in the snapshot."""
+        if self.operation_id:
+            self.emitter.emit_status(self.operation_id, status, message, details)
+
+    def log(self, level: str, message: str) -> None:
+        """Stream a log line (debug, info, warning, error) to watchers."""
+        if self.operation_id:
+            self.emitter.emit_log(self.operation_id, level, message)
+
+    def tracker(self, total_steps: int) -> ProgressTracker:
+        """A step tracker; ``return tracker.complete(result)`` reports 100 % and returns it."""
+        return ProgressTracker(self.progress, total_steps, finish=self._finish_steps)
+
+    def _finish_steps(self, result: Any) -> Any:
+        self.progress(1.0, "Completed")
+        return result
+
+    def update_state(
+        self,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Celery's ``update_state``, also streaming the celery-progress ``PROGRESS`` convention.
+
+        ``meta={"current": .., "total": .., "description": ..}`` becomes a
+        progress event; the state still goes to Celery's result backend.
+        """
+        super().update_state(task_id, state, meta, **kwargs)
+        operation_id = task_id or self.operation_id
+        if state == PROGRESS_STATE and operation_id and isinstance(meta, dict):
+            self.emitter.emit_progress(operation_id, **progress_from_meta(meta))
+
+
+def progress_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``emit_progress`` arguments from a celery-progress ``PROGRESS`` meta dict.
+
+    ``current``/``total`` win; a bare ``percent`` (0-100) is used otherwise.
+    """
+    current, total, percent = meta.get("current"), meta.get("total"), meta.get("percent")
+    counts = isinstance(current, (int, float)) and isinstance(total, (int, float))
+    progress = None
+    if not counts and isinstance(percent, (int, float)):
+        progress = percent / 100
+    return {
+        "progress": progress,
+        "message": str(meta.get("description") or ""),
+        "current": current if counts else None,
+        "total": total if counts else None,
+    }
