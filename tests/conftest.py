@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from celery import Celery
+from helpers import TaskRun, WorkerProcess, events_of, wait_finished, worker_env
 
+import tasks
 from bridge.embedded_redis import EmbeddedRedis
 from tasks.store import EventStore
+from worker_config import Settings, load_settings
 
 _prefixes = itertools.count()
 
@@ -42,3 +49,84 @@ def prefix() -> str:
 @pytest.fixture
 def store(redis_client: redis.Redis, prefix: str) -> EventStore:
     return EventStore(redis_client, prefix=prefix)
+
+
+# --- Celery: a configured app, an in-process worker, worker subprocesses -------------------
+
+
+@pytest.fixture(scope="session")
+def task_settings(redis_server: EmbeddedRedis) -> Settings:
+    """Settings of the test session: event store on db 0, broker db 1, results db 2."""
+    base = redis_server.url.rsplit("/", 1)[0]
+    return load_settings(
+        {},
+        redis_url=f"{base}/0",
+        broker_url=f"{base}/1",
+        result_backend=f"{base}/2",
+    )
+
+
+@pytest.fixture(scope="session")
+def celery_worker(task_settings: Settings) -> Iterator[Any]:
+    """One in-process Celery worker (4 threads) for the session, on the default queue."""
+    import worker_tasks  # noqa: F401  (registers the test tasks)
+    from celery.contrib.testing.worker import start_worker
+
+    tasks.configure(task_settings)
+    with start_worker(
+        tasks.app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture
+def task_app(task_settings: Settings, prefix: str, celery_worker: Any) -> Iterator[Celery]:
+    """``tasks.app`` with the in-process worker running and events stored under ``prefix``."""
+    tasks.configure(replace(task_settings, prefix=prefix))
+    yield tasks.app
+    tasks.configure(task_settings)
+
+
+@pytest.fixture
+def run_task(task_app: Celery, store: EventStore) -> Callable[..., TaskRun]:
+    """``run_task(name, kwargs, timeout=15, **apply_async_options)``: send a task to the
+    in-process worker, wait until its operation finished, return a :class:`TaskRun`."""
+
+    def run(
+        name: str, kwargs: dict[str, Any] | None = None, timeout: float = 15.0, **options: Any
+    ) -> TaskRun:
+        result = task_app.send_task(name, kwargs=kwargs or {}, **options)
+        snapshot = wait_finished(store, result.id, timeout)
+        return TaskRun(result, events_of(store, result.id), snapshot)
+
+    return run
+
+
+@pytest.fixture
+def worker_process(
+    task_settings: Settings, prefix: str, tmp_path: Path, task_app: Celery
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """``worker_process(pool="prefork", concurrency=1, settings=None, **env)`` starts a
+    ``celery -A tasks worker`` subprocess on a queue of its own (``.queue``; send with
+    ``queue=``), storing under this test's prefix, and waits until it is ready. All
+    are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def launch(
+        pool: str = "prefork", concurrency: int = 1, settings: Settings | None = None, **env: str
+    ) -> WorkerProcess:
+        number = len(started)
+        queue = f"{prefix.rstrip(':')}-w{number}"
+        worker = WorkerProcess(
+            worker_env(settings or replace(task_settings, prefix=prefix), **env),
+            queue,
+            tmp_path / f"worker{number}.log",
+            pool=pool,
+            concurrency=concurrency,
+        )
+        started.append(worker)
+        return worker.start().wait_ready()
+
+    yield launch
+    for worker in started:
+        worker.stop()

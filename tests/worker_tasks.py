@@ -1,0 +1,96 @@
+"""Tasks only the tests need, registered on ``tasks.app``.
+
+The in-process worker gets them by import (conftest); ``celery worker``
+subprocesses get them with ``--include worker_tasks`` and ``tests/`` on
+``PYTHONPATH`` (see ``helpers.WorkerProcess``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from tasks import ProgressTask, app
+
+
+@app.task(name="test.plain_add")
+def plain_add(a: int, b: int) -> int:
+    """An uninstrumented task: lifecycle events only."""
+    return a + b
+
+
+@app.task(bind=True, base=ProgressTask, name="test.instrumented")
+def instrumented(self: ProgressTask) -> dict[str, Any]:
+    """One of each helper call, in a known order, with no coalescing in the way."""
+    self.status("processing", "Warming up", {"phase": 1})
+    self.progress(0.25, "A quarter", {"k": "v"})
+    self.log("warning", "Something to note")
+    self.progress(current=3, total=4, message="Three of four")
+    return {"answer": 42}
+
+
+@app.task(bind=True, base=ProgressTask, name="test.hammer_progress")
+def hammer_progress(self: ProgressTask, calls: int = 100_000) -> int:
+    """Report progress as fast as a loop can."""
+    for i in range(1, calls + 1):
+        self.progress(current=i, total=calls, message=f"item {i}")
+    return calls
+
+
+@app.task(bind=True, base=ProgressTask, name="test.celery_progress_style")
+def celery_progress_style(self: ProgressTask, total: int = 4) -> str:
+    """A task written for celery-progress: only ``update_state(state="PROGRESS")``."""
+    for i in range(1, total + 1):
+        self.update_state(
+            state="PROGRESS",
+            meta={"current": i, "total": total, "description": f"row {i}"},
+        )
+        time.sleep(0.06)
+    return "done"
+
+
+@app.task(bind=True, base=ProgressTask, name="test.threaded_logs")
+def threaded_logs(self: ProgressTask, threads: int = 6, per_thread: int = 50) -> int:
+    """Several threads of one task emitting for the same operation at once."""
+
+    def emit(n: int) -> None:
+        for i in range(per_thread):
+            self.log("info", f"thread {n} line {i}")
+
+    workers = [threading.Thread(target=emit, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return threads * per_thread
+
+
+@app.task(bind=True, base=ProgressTask, name="test.sleep")
+def sleep(self: ProgressTask, seconds: float = 30.0, steps: int = 300) -> float:
+    """Long enough to revoke; reports progress so there is something to watch."""
+    for i in range(1, steps + 1):
+        time.sleep(seconds / steps)
+        self.progress(current=i, total=steps, message="sleeping")
+    return seconds
+
+
+@app.task(
+    bind=True,
+    base=ProgressTask,
+    name="test.sleep_unacked",
+    acks_late=False,
+    reject_on_worker_lost=False,
+)
+def sleep_unacked(self: ProgressTask, seconds: float = 30.0) -> float:
+    """Acked on receipt, so a killed pool child fails it (WorkerLostError) instead of
+    handing it back to the queue."""
+    self.status("processing", "about to sleep")
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="test.unserializable")
+def unserializable() -> str:
+    """Returns a value the event needs as a truncated repr (Celery stores the str)."""
+    return "x" * 200_000
