@@ -158,9 +158,11 @@ function codedError(code, message) {
  * Listen with {@link TaskcastClient#on}: to an event type (`progress`,
  * `status`, ...), to `'*'` for every server event, or to a connection event:
  * `'state'` (the new {@link TaskcastClient#state}), `'open'`, `'close'`
- * (`{code, reason, reconnect}`), `'reconnecting'` (`{attempt, delay, code}`)
- * and `'resume_failed'` (the Error of a subscription the server refused when
- * it was re-sent after a reconnect; the subscription is dropped).
+ * (`{code, reason, reconnect}`), `'reconnecting'` (`{attempt, delay, code}`),
+ * `'resumed'` (the server's `subscribed` reply to a subscription re-sent after
+ * a reconnect: `replayed` counts the missed events that follow, `recovered`
+ * is false if some had expired) and `'resume_failed'` (the Error of such a
+ * subscription the server refused; the subscription is dropped).
  *
  * Commands return promises for the server's reply. They reject with an Error
  * whose `code` is the server's error code (`not_found`, `bad_request`, ...),
@@ -316,7 +318,7 @@ export class TaskcastClient {
   }
 
   /**
-   * @param {string} type An event type, `'*'`, or a connection event (`state`, `open`, `close`, `reconnecting`, `resume_failed`).
+   * @param {string} type An event type, `'*'`, or a connection event (`state`, `open`, `close`, `reconnecting`, `resumed`, `resume_failed`).
    * @param {(payload: any) => void} callback
    * @returns {() => void} A function that removes the listener.
    */
@@ -417,14 +419,22 @@ export class TaskcastClient {
     return reply;
   }
 
-  /** Sends a subscription command, settling the caller's promise if one waits. */
+  /**
+   * Sends a subscription command. It settles the caller's promise if one
+   * waits; otherwise it is a resume, reported with 'resumed' or 'resume_failed'.
+   */
   #send(entry, command) {
     const { waiter } = entry;
     delete entry.waiter;
-    this.#request(command, entry).then(waiter?.resolve, (error) => {
-      if (waiter) waiter.reject(error);
-      else if (error.code !== 'connection_closed') this.#emit('resume_failed', error);
-    });
+    const reply = this.#request(command, entry);
+    if (waiter) {
+      reply.then(waiter.resolve, waiter.reject);
+      return;
+    }
+    reply.then(
+      (subscribed) => this.#emit('resumed', subscribed),
+      (error) => error.code !== 'connection_closed' && this.#emit('resume_failed', error),
+    );
   }
 
   /** A subscription's reply: an explicit subscribe restarts the ledger where it asked. */
