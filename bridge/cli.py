@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .demo import demo
+from .serve import serve
 from .terminal import COMMANDS
 
 
@@ -18,5 +19,5 @@ def main() -> None:
     """taskcast: real-time progress streaming for Celery tasks."""
 
 
-for _command in (*COMMANDS, demo):
+for _command in (serve, *COMMANDS, demo):
     main.add_command(_command)

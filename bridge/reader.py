@@ -1,0 +1,187 @@
+"""The bridge's asynchronous view of the event store: command reads and the one live tail.
+
+A thin adapter over redis.asyncio (bytes, never decoded): key names and
+decoding come from :mod:`tasks.store`, routing decisions from the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from tasks.events import FINISHED_STATUSES
+from tasks.store import (
+    Keys,
+    LiveEvent,
+    decode_history,
+    decode_live,
+    decode_snapshot,
+    history_start,
+    matches_status,
+)
+
+log = logging.getLogger("taskcast.bridge")
+
+# Errors meaning "the store is not reachable right now" (never a bug in the bridge).
+STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_SCAN_PAGE = 500
+
+
+def _client(url: str, socket_timeout: float, max_connections: int) -> aioredis.Redis:
+    """A bytes client that fails fast (one quick retry) so commands never hang on an outage."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=socket_timeout,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=min(socket_timeout, 2.0),
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+        decode_responses=False,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+class StoreReader:
+    """Reads for commands and HTTP routes; raise one of ``STORE_ERRORS`` when Redis is down."""
+
+    def __init__(self, redis_url: str, prefix: str, max_connections: int = 32) -> None:
+        self.keys = Keys(prefix)
+        self.client = _client(redis_url, socket_timeout=3.0, max_connections=max_connections)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers right now (``/readyz``)."""
+        try:
+            return bool(await self.client.ping())
+        except STORE_ERRORS:
+            return False
+
+    async def snapshot_and_history(
+        self, operation_id: str, since: int
+    ) -> tuple[dict[str, Any] | None, list[tuple[int, bytes]]]:
+        """The snapshot and the events after ``since``, read atomically in one round trip."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.snapshot(operation_id))
+            pipe.xrange(self.keys.history(operation_id), min=history_start(since))
+            raw, entries = await pipe.execute()
+        return decode_snapshot(raw), decode_history(entries)
+
+    async def operation(self, operation_id: str) -> dict[str, Any] | None:
+        return decode_snapshot(await self.client.hgetall(self.keys.snapshot(operation_id)))
+
+    async def _snapshots(self, start: int, stop: int) -> list[dict[str, Any]] | None:
+        """Snapshots of index ranks ``start..stop`` (newest first); None past the end."""
+        ids = await self.client.zrevrange(self.keys.index, start, stop)
+        if not ids:
+            return None
+        async with self.client.pipeline(transaction=False) as pipe:
+            for op_id in ids:
+                pipe.hgetall(self.keys.snapshot(op_id.decode()))
+            raws = await pipe.execute()
+        return [s for s in map(decode_snapshot, raws) if s is not None]
+
+    async def operations(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Snapshots, most recently updated first, filtered like ``EventStore.list_operations``."""
+        found: list[dict[str, Any]] = []
+        start, page = 0, max(limit, 100)
+        while len(found) < limit:
+            snapshots = await self._snapshots(start, start + page - 1)
+            if snapshots is None:
+                break
+            found.extend(s for s in snapshots if matches_status(s, status))
+            start += page
+        return found[:limit]
+
+    async def operation_counts(self) -> tuple[int, int]:
+        """``(active, total)`` operations in the index, for ``get_stats``."""
+        total = int(await self.client.zcard(self.keys.index))
+        active, start = 0, 0
+        while start < total:
+            ids = await self.client.zrevrange(self.keys.index, start, start + _SCAN_PAGE - 1)
+            if not ids:
+                break
+            async with self.client.pipeline(transaction=False) as pipe:
+                for op_id in ids:
+                    pipe.hget(self.keys.snapshot(op_id.decode()), "status")
+                statuses = await pipe.execute()
+            active += sum(
+                1 for s in statuses if s is not None and orjson.loads(s) not in FINISHED_STATUSES
+            )
+            start += _SCAN_PAGE
+        return active, total
+
+
+class LiveTail:
+    """The bridge's single reader of the live stream.
+
+    Batched ``XREAD BLOCK`` from the last stream id it saw, so an outage only
+    delays events: when Redis is back it resumes exactly where it stopped.
+    It starts from the stream's last id *at start-up* rather than ``$``, so no
+    event stored after a subscriber read its history can slip between the two.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        publish: Callable[[list[LiveEvent]], None],
+        block_ms: int = 1000,
+        count: int = 1000,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.key = Keys(prefix).live
+        self.publish = publish
+        self.block_ms = block_ms
+        self.count = count
+        self.max_backoff = max_backoff
+        self.client = _client(redis_url, socket_timeout=block_ms / 1000 + 5, max_connections=2)
+        self.position: bytes | None = None
+        self.healthy = False
+        self.positioned = asyncio.Event()
+
+    async def find_position(self) -> None:
+        """Start after the newest entry stored so far (``0-0`` if the stream is empty)."""
+        newest = await self.client.xrevrange(self.key, count=1)
+        self.position = newest[0][0] if newest else b"0-0"
+        self.healthy = True
+        self.positioned.set()
+
+    async def run(self) -> None:
+        """Read and publish forever; back off (with jitter) while Redis is unreachable."""
+        delay = 0.05
+        while True:
+            try:
+                if self.position is None:
+                    await self.find_position()
+                reply = await self.client.xread(
+                    {self.key: self.position}, count=self.count, block=self.block_ms
+                )
+            except STORE_ERRORS as exc:
+                if self.healthy:
+                    log.warning("live tail lost Redis (%s); retrying", exc)
+                self.healthy = False
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            if not self.healthy:
+                log.info("live tail reconnected to Redis; resuming after %s", self.position)
+            self.healthy = True
+            delay = 0.05
+            if reply:
+                entries = reply[0][1]
+                self.position = entries[-1][0]
+                self.publish(decode_live(entries))
+
+    async def close(self) -> None:
+        await self.client.aclose()

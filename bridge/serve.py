@@ -1,0 +1,79 @@
+"""``taskcast serve``: run one bridge until SIGTERM or SIGINT.
+
+Command-line flags go through the same parsers as the environment, so a bad
+``--port`` and a bad ``TASKCAST_PORT`` get the same one-line error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import click
+
+from worker_config.settings import ConfigError, Settings, load_settings
+
+from .server import Bridge
+
+log = logging.getLogger("taskcast.bridge")
+
+EXIT_CONFIG = 2
+_FLAGS = {
+    "host": "TASKCAST_HOST",
+    "port": "TASKCAST_PORT",
+    "redis_url": "TASKCAST_REDIS_URL",
+    "prefix": "TASKCAST_PREFIX",
+}
+
+
+def settings_from(flags: dict[str, str | None]) -> Settings:
+    """Settings from the environment, with the given flags taking precedence."""
+    environ = dict(os.environ)
+    environ.update({_FLAGS[name]: value for name, value in flags.items() if value is not None})
+    return load_settings(environ)
+
+
+async def run_until_signalled(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then close every connection with 1001."""
+    bridge = Bridge(settings)
+    await bridge.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down: closing %d connection(s)", len(bridge.hub.connections))
+    await bridge.stop()
+
+
+@click.command()
+@click.option("--host", help="Interface to listen on [TASKCAST_HOST, default 127.0.0.1].")
+@click.option("--port", help="Port to listen on; 0 picks a free one [TASKCAST_PORT, 8765].")
+@click.option("--redis-url", help="Event store Redis [TASKCAST_REDIS_URL].")
+@click.option("--prefix", help="Key prefix in Redis [TASKCAST_PREFIX, default taskcast:].")
+def serve(host: str | None, port: str | None, redis_url: str | None, prefix: str | None) -> None:
+    """Stream operations from Redis to WebSocket clients (ws://HOST:PORT/ws)."""
+    try:
+        settings = settings_from(
+            {"host": host, "port": port, "redis_url": redis_url, "prefix": prefix}
+        )
+    except ConfigError as exc:
+        click.echo(f"taskcast serve: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # One line per opened/closed connection would drown the log at 10k clients.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        asyncio.run(run_until_signalled(settings))
+    except OSError as exc:
+        click.echo(
+            f"taskcast serve: cannot listen on {settings.host}:{settings.port} "
+            f"(TASKCAST_HOST/TASKCAST_PORT): {exc.strerror or exc}",
+            err=True,
+        )
+        sys.exit(EXIT_CONFIG)

@@ -1,0 +1,338 @@
+"""The bridge service: a thin asyncio adapter between WebSocket clients, the hub and Redis.
+
+Every delivery decision lives in :mod:`bridge.hub` and every parsing rule in
+:mod:`bridge.commands`; this module only moves bytes. Each connection gets a
+writer task only while its outbox has frames, so idle connections cost no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from tasks.store import is_recovered
+from worker_config.settings import Settings
+
+from .commands import (
+    NOT_FOUND,
+    TOO_MANY_SUBSCRIPTIONS,
+    UNAVAILABLE,
+    Command,
+    CommandError,
+    connected_frame,
+    encode,
+    error_frame,
+    not_found_message,
+    parse_command,
+    subscribed_frame,
+)
+from .http import HttpRoutes
+from .hub import LIVE, Connection, Hub, Subscription
+from .metrics import BridgeMetrics
+from .reader import STORE_ERRORS, LiveTail, StoreReader
+
+log = logging.getLogger("taskcast.bridge")
+
+try:
+    SERVER_NAME = f"taskcast/{version('taskcast')}"
+except PackageNotFoundError:  # running from a source tree that was never installed
+    SERVER_NAME = "taskcast/unknown"
+
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_TRY_AGAIN_LATER = 1013
+# How long a closing handshake may take before the TCP connection is dropped;
+# short enough that shutdown finishes within 5 s even with unresponsive clients.
+CLOSE_TIMEOUT = 2.0
+STATS_CACHE_SECONDS = 1.0
+STORE_DOWN = "event store (Redis) is unreachable; retry later"
+
+
+class Peer(Connection):
+    """A hub connection with its socket and, while it has frames to send, its writer task."""
+
+    __slots__ = ("ws", "writer", "drained")
+
+    def __init__(self, client_id: str, ws: ServerConnection) -> None:
+        super().__init__(client_id)
+        self.ws = ws
+        self.writer: asyncio.Task[None] | None = None
+        self.drained: asyncio.Future[None] | None = None
+
+
+class Bridge:
+    """One bridge process: the live tail, the hub, and the WebSocket/HTTP server.
+
+    ``await start()`` returns once the port accepts connections; ``await stop()``
+    closes every connection with 1001.
+    """
+
+    def __init__(self, settings: Settings, static_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.hub = Hub(
+            send_buffer_bytes=settings.send_buffer_bytes,
+            max_subscriptions=settings.max_subscriptions,
+            on_ready=self._on_ready,
+            on_overflow=self._on_overflow,
+            on_resync=self._on_resync,
+        )
+        self.reader = StoreReader(settings.redis_url, settings.prefix)
+        self.tail = LiveTail(settings.redis_url, settings.prefix, self.hub.publish)
+        self.metrics = BridgeMetrics(self.hub.snapshot_stats, lambda: self.tail.healthy)
+        self.http = HttpRoutes(self, static_dir or Path(__file__).with_name("static"))
+        self.started = time.monotonic()
+        self.port: int | None = None
+        self._server: Server | None = None
+        self._tail_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._counts: tuple[float, tuple[int, int]] | None = None
+        self._handlers: dict[str, Callable[[Peer, Command], Awaitable[None]]] = {
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "subscribe_all": self._subscribe_all,
+            "unsubscribe_all": self._unsubscribe_all,
+            "get_operation": self._get_operation,
+            "list_operations": self._list_operations,
+            "get_stats": self._get_stats,
+            "ping": self._ping,
+        }
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}/ws"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Find the live-stream position, start the tail, then listen.
+
+        Redis being down is not fatal: the tail keeps retrying and commands
+        that need the store answer ``unavailable`` meanwhile.
+        """
+        try:
+            await asyncio.wait_for(self.tail.find_position(), timeout=3)
+        except STORE_ERRORS as exc:
+            log.warning("Redis unreachable at start-up (%s); will keep retrying", exc)
+        self._tail_task = asyncio.create_task(self.tail.run())
+        try:
+            self._server = await serve(
+                self._handle,
+                self.settings.host,
+                self.settings.port,
+                process_request=self.http,
+                compression="deflate" if self.settings.compression else None,
+                max_size=self.settings.max_message_bytes,
+                ping_interval=self.settings.ping_interval,
+                ping_timeout=self.settings.ping_interval,
+                close_timeout=CLOSE_TIMEOUT,
+            )
+        except BaseException:
+            await self._stop_tail()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("taskcast bridge listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Close every connection with 1001 (going away), stop the tail, release Redis."""
+        if self._server is not None:
+            self._server.close()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), timeout=CLOSE_TIMEOUT + 1)
+            except asyncio.TimeoutError:
+                log.warning("some connections did not close in time")
+        for task in list(self._background):
+            task.cancel()
+        await self._stop_tail()
+
+    async def _stop_tail(self) -> None:
+        if self._tail_task is not None:
+            self._tail_task.cancel()
+            await asyncio.gather(self._tail_task, return_exceptions=True)
+        await self.tail.close()
+        await self.reader.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- connections -------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        peer = Peer(uuid.uuid4().hex, ws)
+        self.hub.connect(peer)
+        self.hub.send(peer, connected_frame(peer.client_id, SERVER_NAME))
+        try:
+            async for message in ws:
+                await self._command(peer, message)
+                if self.hub.over_budget(peer) and not peer.closed:
+                    await self._wait_drained(peer)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.hub.disconnect(peer)
+
+    async def _wait_drained(self, peer: Peer) -> None:
+        """Stop reading a client's commands until it has read most of our replies.
+
+        Replies are never dropped, so this is what bounds the memory a client
+        that sends commands without reading can make us hold.
+        """
+        if peer.writer is None:
+            return
+        peer.drained = asyncio.get_running_loop().create_future()
+        await peer.drained
+
+    def _on_ready(self, conn: Connection) -> None:
+        peer: Peer = conn  # type: ignore[assignment]
+        if peer.writer is None:
+            peer.writer = asyncio.get_running_loop().create_task(self._drain(peer))
+
+    async def _drain(self, peer: Peer) -> None:
+        ws, hub, lag = peer.ws, self.hub, self.metrics.delivery_lag
+        try:
+            while (frame := hub.take(peer)) is not None:
+                await ws.send(frame.payload, text=True)
+                if frame.kind == LIVE:
+                    lag.observe(max(0.0, time.time() - frame.stored_at))
+                if peer.drained is not None and not hub.over_budget(peer):
+                    self._release_reader(peer)
+        except ConnectionClosed:
+            pass
+        finally:
+            peer.writer = None
+            self._release_reader(peer)
+
+    @staticmethod
+    def _release_reader(peer: Peer) -> None:
+        if peer.drained is not None:
+            if not peer.drained.done():
+                peer.drained.set_result(None)
+            peer.drained = None
+
+    def _on_overflow(self, conn: Connection) -> None:
+        peer: Peer = conn  # type: ignore[assignment]
+        log.info("closing slow consumer %s (4008)", peer.client_id)
+        self._spawn(peer.ws.close(CLOSE_SLOW_CONSUMER, "slow consumer; reconnect and resume"))
+
+    def _on_resync(self, conn: Connection, sub: Subscription) -> None:
+        self._spawn(self._resync(conn, sub))  # type: ignore[arg-type]
+
+    async def _resync(self, peer: Peer, sub: Subscription) -> None:
+        """Fill a gap the live tail left by re-reading history (see Hub.publish)."""
+        try:
+            snapshot, history = await self.reader.snapshot_and_history(sub.operation_id, sub.since)
+        except STORE_ERRORS:
+            await peer.ws.close(CLOSE_TRY_AGAIN_LATER, "event store unavailable; resume later")
+            return
+        self.hub.finish_subscribe(peer, sub, None, history, snapshot["last_seq"] if snapshot else 0)
+
+    # -- commands ----------------------------------------------------------------
+
+    async def _command(self, peer: Peer, message: str | bytes) -> None:
+        try:
+            command = parse_command(message)
+        except CommandError as exc:
+            self.hub.send(peer, exc.frame())
+            return
+        try:
+            await self._handlers[command.name](peer, command)
+        except CommandError as exc:
+            self.hub.send(peer, exc.frame())
+        except STORE_ERRORS:
+            self.hub.send(peer, error_frame(UNAVAILABLE, STORE_DOWN, command.request_id))
+
+    async def _subscribe(self, peer: Peer, command: Command) -> None:
+        assert command.operation_id is not None
+        if not self.tail.positioned.is_set():
+            raise CommandError(UNAVAILABLE, STORE_DOWN, command.request_id)
+        sub = self.hub.begin_subscribe(peer, command.operation_id, command.since)
+        if sub is None:
+            raise CommandError(
+                TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.hub.max_subscriptions} subscriptions per connection",
+                command.request_id,
+            )
+        try:
+            snapshot, history = await self.reader.snapshot_and_history(
+                command.operation_id, command.since
+            )
+        except BaseException:
+            self.hub.abort_subscribe(peer, sub)
+            raise
+        last_seq = snapshot["last_seq"] if snapshot else 0
+        recovered = is_recovered(command.since, history, last_seq)
+        reply = subscribed_frame(command, snapshot, recovered, len(history))
+        self.hub.finish_subscribe(peer, sub, reply, history, last_seq)
+
+    async def _unsubscribe(self, peer: Peer, command: Command) -> None:
+        assert command.operation_id is not None
+        self.hub.unsubscribe(peer, command.operation_id)
+        body = {"status": "unsubscribed", "operation_id": command.operation_id}
+        self.hub.send(peer, encode(body, command.request_id))
+
+    async def _subscribe_all(self, peer: Peer, command: Command) -> None:
+        self.hub.subscribe_all(peer, command.operation_type)
+        body: dict[str, Any] = {"status": "subscribed", "operation_id": "*"}
+        if command.operation_type is not None:
+            body["operation_type"] = command.operation_type
+        self.hub.send(peer, encode(body, command.request_id))
+
+    async def _unsubscribe_all(self, peer: Peer, command: Command) -> None:
+        self.hub.unsubscribe_all(peer)
+        body = {"status": "unsubscribed", "operation_id": "*"}
+        self.hub.send(peer, encode(body, command.request_id))
+
+    async def _get_operation(self, peer: Peer, command: Command) -> None:
+        assert command.operation_id is not None
+        snapshot = await self.reader.operation(command.operation_id)
+        if snapshot is None:
+            raise CommandError(
+                NOT_FOUND, not_found_message(command.operation_id), command.request_id
+            )
+        self.hub.send(peer, encode({"operation": snapshot}, command.request_id))
+
+    async def _list_operations(self, peer: Peer, command: Command) -> None:
+        operations = await self.reader.operations(command.status, command.limit)
+        self.hub.send(peer, encode({"operations": operations}, command.request_id))
+
+    async def _get_stats(self, peer: Peer, command: Command) -> None:
+        self.hub.send(peer, encode({"stats": await self.stats()}, command.request_id))
+
+    async def _ping(self, peer: Peer, command: Command) -> None:
+        self.hub.send(
+            peer, encode({"status": "pong", "timestamp": time.time()}, command.request_id)
+        )
+
+    # -- shared with HTTP ----------------------------------------------------------
+
+    async def stats(self) -> dict[str, Any]:
+        """``get_stats``' object; operation counts are null while Redis is unreachable."""
+        stats: dict[str, Any] = self.hub.snapshot_stats()
+        try:
+            active, total = await self._operation_counts()
+        except STORE_ERRORS:
+            active = total = None
+        stats.update(
+            active_operations=active,
+            total_operations=total,
+            uptime=round(time.monotonic() - self.started, 3),
+            redis_connected=self.tail.healthy,
+            server=SERVER_NAME,
+        )
+        return stats
+
+    async def _operation_counts(self) -> tuple[int, int]:
+        """Counts cached for a second: many dashboards polling must not each scan the index."""
+        now = time.monotonic()
+        if self._counts is None or now - self._counts[0] > STATS_CACHE_SECONDS:
+            self._counts = (now, await self.reader.operation_counts())
+        return self._counts[1]
