@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Task
 
-from .emitter import Emitter
+from .emitter import Emitter, Operation
 from .tracker import ProgressTracker
 
 PROGRESS_STATE = "PROGRESS"
@@ -59,6 +59,16 @@ class ProgressTask(Task):
         """Stream a log line (debug, info, warning, error) to watchers."""
         if self.operation_id:
             self.emitter.emit_log(self.operation_id, level, message)
+
+    def operation(self) -> Operation:
+        """A handle bound to this run's id, for threads the task starts.
+
+        Celery keeps ``self.request`` per thread, so the helpers above do
+        nothing in another thread; ``op = self.operation()`` taken in the task
+        thread works anywhere (``op.progress``, ``op.status``, ``op.log``).
+        Completion stays with the lifecycle signals.
+        """
+        return Operation(self.emitter, self.name, operation_id=self.operation_id)
 
     def tracker(self, total_steps: int) -> ProgressTracker:
         """A step tracker; ``return tracker.complete(result)`` reports 100 % and returns it."""

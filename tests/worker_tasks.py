@@ -53,10 +53,12 @@ def celery_progress_style(self: ProgressTask, total: int = 4) -> str:
 @app.task(bind=True, base=ProgressTask, name="test.threaded_logs")
 def threaded_logs(self: ProgressTask, threads: int = 6, per_thread: int = 50) -> int:
     """Several threads of one task emitting for the same operation at once."""
+    op = self.operation()
 
     def emit(n: int) -> None:
         for i in range(per_thread):
-            self.log("info", f"thread {n} line {i}")
+            op.log("info", f"thread {n} line {i}")
+            op.progress(current=i, total=per_thread)
 
     workers = [threading.Thread(target=emit, args=(n,)) for n in range(threads)]
     for worker in workers:
