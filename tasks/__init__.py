@@ -16,6 +16,7 @@ from .emitter import (
     ws_manager,
 )
 from .events import Event
+from .heartbeat import sweep_lost
 from .store import EventStore, Keys
 from .task import ProgressTask
 from .tracker import ProgressTracker
@@ -38,5 +39,6 @@ __all__ = [
     "producer_stats",
     "samples",
     "signals",
+    "sweep_lost",
     "ws_manager",
 ]

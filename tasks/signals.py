@@ -32,6 +32,7 @@ from celery import Task, signals
 from .celery_app import app, get_producer, get_settings
 from .emitter import Emitter
 from .events import status_data
+from .heartbeat import Heartbeat
 
 emitter = Emitter()
 
@@ -154,6 +155,25 @@ def record_revoked(
     else:
         reason = "revoked"
     emitter.emit_error(task_id, reason, "TaskRevokedError", "revoked")
+
+
+_heartbeat: list[Heartbeat] = []
+
+
+@signals.worker_ready.connect
+def start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Beat from the worker's main process, which outlives task crashes (see heartbeat.py)."""
+    interval = get_settings().heartbeat_interval
+    if interval > 0 and getattr(sender, "app", None) is app:
+        _heartbeat.append(
+            Heartbeat(sender.hostname, interval, lambda: get_producer().store).start()
+        )
+
+
+@signals.worker_shutdown.connect
+def stop_heartbeat(**_: Any) -> None:
+    while _heartbeat:
+        _heartbeat.pop().stop()
 
 
 @signals.worker_process_shutdown.connect

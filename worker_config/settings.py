@@ -88,6 +88,7 @@ class Settings:
     result_max_bytes: int = 65536
     emit_timeout: float = 0.5
     send_traceback: bool = False
+    heartbeat_interval: float = 10.0
     result_expires: int = 86400
     host: str = "127.0.0.1"
     port: int = 8765
@@ -111,6 +112,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "result_max_bytes": ("TASKCAST_RESULT_MAX_BYTES", _int(64)),
     "emit_timeout": ("TASKCAST_EMIT_TIMEOUT", _float(0.001)),
     "send_traceback": ("TASKCAST_SEND_TRACEBACK", _bool),
+    "heartbeat_interval": ("TASKCAST_HEARTBEAT_INTERVAL", _float(0.0)),
     "result_expires": ("TASKCAST_RESULT_EXPIRES", _int(1)),
     "host": ("TASKCAST_HOST", str),
     "port": ("TASKCAST_PORT", _int(0, 65535)),
