@@ -113,10 +113,14 @@ class StoreReader:
                 break
             async with self.client.pipeline(transaction=False) as pipe:
                 for op_id in ids:
-                    pipe.hget(self.keys.snapshot(op_id.decode()), "status")
-                statuses = await pipe.execute()
+                    pipe.hmget(self.keys.snapshot(op_id.decode()), "status", "last_seq")
+                rows = await pipe.execute()
+            # A missing last_seq means the snapshot expired; a missing status means queued.
             active += sum(
-                1 for s in statuses if s is not None and orjson.loads(s) not in FINISHED_STATUSES
+                1
+                for status, last_seq in rows
+                if last_seq is not None
+                and (status is None or orjson.loads(status) not in FINISHED_STATUSES)
             )
             start += _SCAN_PAGE
         return active, total

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from bridge_helpers import WsClient, running_bridge
 from celery import Celery
 from helpers import TaskRun, WorkerProcess, events_of, wait_finished, worker_env
 
 import tasks
+from bridge import Bridge
 from bridge.embedded_redis import EmbeddedRedis
 from tasks.store import EventStore
 from worker_config import Settings, load_settings
@@ -130,3 +132,29 @@ def worker_process(
     yield launch
     for worker in started:
         worker.stop()
+
+
+# --- Bridge: an in-process bridge on this test's Redis + prefix, and WebSocket clients ------
+
+
+@pytest.fixture
+async def bridge(redis_url: str, prefix: str) -> AsyncIterator[Bridge]:
+    """A running bridge (port 0, ``.url``) on this test's Redis and prefix."""
+    async with running_bridge(redis_url, prefix) as running:
+        yield running
+
+
+@pytest.fixture
+async def ws_client(bridge: Bridge) -> AsyncIterator[Callable[..., Awaitable[WsClient]]]:
+    """``await ws_client()`` opens a :class:`WsClient` on ``bridge`` (past its connected frame);
+    all are closed at teardown."""
+    opened: list[WsClient] = []
+
+    async def open_client(**kwargs: Any) -> WsClient:
+        client = await WsClient.open(bridge.url, **kwargs)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        await client.close()
