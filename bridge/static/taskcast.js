@@ -223,12 +223,8 @@ export class TaskcastClient {
   disconnect() {
     this.#wanted = false;
     clearTimeout(this.#timer);
-    const ws = this.#ws;
+    this.#ws?.close(1000);
     this.#ws = null;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = null;
-      ws.close(1000);
-    }
     const error = codedError('disconnected', 'disconnect() was called');
     this.#rejectPending(error);
     this.#rejectWaiters(error);
@@ -349,9 +345,11 @@ export class TaskcastClient {
     }
     this.#ws = ws;
     this.#setState('connecting');
-    ws.onopen = () => this.#onOpen();
-    ws.onmessage = (message) => this.#onMessage(message.data);
-    ws.onclose = (close) => this.#onClose(close.code, close.reason);
+    ws.onopen = () => this.#ws === ws && this.#onOpen();
+    ws.onmessage = (message) => this.#ws === ws && this.#onMessage(message.data);
+    ws.onclose = (close) => this.#ws === ws && this.#onClose(close.code, close.reason);
+    // Browsers follow an error with a close event; Node 20 reports a failed handshake with the error alone.
+    ws.onerror = () => setTimeout(() => this.#ws === ws && this.#onClose(1006, 'connection failed'));
   }
 
   #onOpen() {
