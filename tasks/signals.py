@@ -56,16 +56,17 @@ def seconds_until(eta: str | None, now: datetime | None = None) -> float:
 
 
 def publish_metadata(headers: dict[str, Any]) -> dict[str, Any]:
-    """The operation metadata recorded with ``queued``: what was called, with what."""
-    names = {
-        "argsrepr": "args",
-        "kwargsrepr": "kwargs",
-        "eta": "eta",
-        "expires": "expires",
-        "parent_id": "parent_id",
-        "root_id": "root_id",
-    }
-    return {out: headers[key] for key, out in names.items() if headers.get(key) is not None}
+    """The operation metadata recorded with ``queued``: what was called, with what.
+
+    ``parent_id``/``root_id`` only for a task started by another (a chain, a
+    canvas, a task calling a task), so a dashboard can link them.
+    """
+    names = {"argsrepr": "args", "kwargsrepr": "kwargs", "eta": "eta", "expires": "expires"}
+    metadata = {out: headers[key] for key, out in names.items() if headers.get(key) is not None}
+    for key in ("parent_id", "root_id"):
+        if headers.get(key) not in (None, headers.get("id")):
+            metadata[key] = headers[key]
+    return metadata
 
 
 @signals.before_task_publish.connect

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timezone
 
 from helpers import events_of, summary, wait_finished
 
 import tasks
+from tasks.signals import publish_metadata, seconds_until
 from tasks.store import EventStore
 
 
@@ -143,3 +145,17 @@ def test_sample_tasks_show_their_work(run_task) -> None:
     assert steps.snapshot["result"] == {
         "steps": ["Initialize", "Fetch inputs", "Process", "Validate"]
     }
+
+
+def test_queued_metadata_links_a_task_to_the_task_that_started_it() -> None:
+    headers = {"id": "child", "argsrepr": "(1,)", "kwargsrepr": "{}", "eta": None}
+    assert publish_metadata(headers | {"root_id": "child"}) == {"args": "(1,)", "kwargs": "{}"}
+    linked = publish_metadata(headers | {"root_id": "root", "parent_id": "parent"})
+    assert linked["root_id"] == "root" and linked["parent_id"] == "parent"
+
+
+def test_retry_in_counts_down_to_the_eta() -> None:
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert seconds_until("2025-01-01T12:00:02.500000+00:00", now) == 2.5
+    assert seconds_until("2025-01-01T11:00:00+00:00", now) == 0.0
+    assert seconds_until(None, now) == 0.0
