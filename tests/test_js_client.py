@@ -1,0 +1,171 @@
+"""The JS client, bridge/static/taskcast.js, run by Node.
+
+Its pure logic (backoff, close codes, seq ledger, resume) needs no server. Its
+reconnect-and-resume behaviour is tested against a real bridge and Redis: the
+Node test calls this file's control server to store events and to kill, stop
+and restart the bridge (tests/js/taskcast_client.test.mjs lists the endpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import ROOT_DIR, TESTS_DIR, wait_for, worker_env
+
+from bridge.embedded_redis import free_port
+from tasks.events import Event, log_data
+from tasks.store import EventStore
+from worker_config import Settings
+
+NODE = shutil.which("node")
+JS_TESTS = TESTS_DIR / "js"
+BRIDGE_COMMAND = [sys.executable, "-m", "bridge", "serve"]
+
+
+def run_node_tests(test_file: Path, env: dict[str, str] | None = None) -> dict[str, int]:
+    """Run one ``node --test`` file; fail unless it passed tests and skipped none."""
+    assert NODE, "node (20 or later) is required to test the JS client"
+    proc = subprocess.run(
+        [NODE, "--experimental-websocket", "--test", str(test_file)],
+        cwd=ROOT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report
+    counts = {name: int(n) for name, n in re.findall(r"^# (\w+) (\d+)$", proc.stdout, re.M)}
+    assert counts["pass"] > 0, report
+    assert counts["fail"] == counts["skipped"] == counts["cancelled"] == 0, report
+    return counts
+
+
+def test_js_client_logic() -> None:
+    run_node_tests(JS_TESTS / "taskcast_logic.test.mjs")
+
+
+class BridgeProcess:
+    """``python -m bridge serve`` on a fixed port, which can be stopped, killed and restarted."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.env = env
+        self.port = port
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*BRIDGE_COMMAND, "--port", str(self.port)],
+                cwd=ROOT_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._ready, timeout=30)
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the bridge exited:\n{self.log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=15)
+
+
+class ControlServer(ThreadingHTTPServer):
+    """The Node test's handle on the world: store events, stop/kill/start the bridge."""
+
+    def __init__(self, store: EventStore, bridge: BridgeProcess) -> None:
+        super().__init__(("127.0.0.1", 0), ControlHandler)
+        self.routes: dict[str, Callable[..., Any]] = {
+            "/emit": lambda operation_id, count, terminal=False: {
+                "seqs": self.emit(store, operation_id, count, terminal)
+            },
+            "/bridge/stop": lambda: bridge.stop(signal.SIGTERM),
+            "/bridge/kill": lambda: bridge.stop(signal.SIGKILL),
+            "/bridge/start": bridge.start,
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @staticmethod
+    def emit(store: EventStore, operation_id: str, count: int, terminal: bool) -> list[int]:
+        """``count`` log events (never coalesced, so each gets a seq), then ``completed``."""
+        events = [
+            Event("log", operation_id, log_data("info", f"line {n}"), operation_type="js.test")
+            for n in range(1, count + 1)
+        ]
+        if terminal:
+            events.append(Event("completed", operation_id, {"status": "completed", "duration": 0}))
+        return [store.append(event) for event in events]
+
+
+class ControlHandler(BaseHTTPRequestHandler):
+    server: ControlServer
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        try:
+            status, reply = 200, self.server.routes[self.path](**body) or {}
+        except Exception as exc:  # reported to the Node test, which fails with it
+            status, reply = 500, {"error": repr(exc)}
+        payload = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the Node test reports what went wrong."""
+
+
+@pytest.fixture
+def bridge(task_settings: Settings, prefix: str, tmp_path: Path) -> Iterator[BridgeProcess]:
+    env = worker_env(replace(task_settings, prefix=prefix))
+    process = BridgeProcess(env, free_port(), tmp_path / "bridge.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_js_client_reconnects_and_resumes_against_real_bridge(
+    bridge: BridgeProcess, store: EventStore
+) -> None:
+    control = ControlServer(store, bridge)
+    threading.Thread(target=control.serve_forever, daemon=True).start()
+    try:
+        env = dict(
+            os.environ,
+            TASKCAST_WS_URL=f"ws://127.0.0.1:{bridge.port}/ws",
+            TASKCAST_CONTROL_URL=control.url,
+        )
+        run_node_tests(JS_TESTS / "taskcast_client.test.mjs", env)
+    finally:
+        control.shutdown()
+        control.server_close()
