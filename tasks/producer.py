@@ -20,6 +20,7 @@ import time
 import weakref
 from collections.abc import Callable
 
+import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -64,7 +65,7 @@ class Producer:
             live_maxlen=settings.live_maxlen,
         )
         self.coalescer = Coalescer(settings.progress_interval, clock)
-        self.counters = {"stored": 0, "rejected": 0, "failed": 0, "dropped": 0}
+        self.counters = {"stored": 0, "rejected": 0, "failed": 0, "dropped": 0, "invalid": 0}
         self._down_until = 0.0
         self._last_log = float("-inf")
         self._unlogged_failures = 0
@@ -108,7 +109,9 @@ class Producer:
                 self._store(event)
 
     def stats(self) -> dict[str, int]:
-        """Counters: stored, rejected (operation had ended), failed, dropped, coalesced."""
+        """Counters: stored, rejected (operation had ended), failed (Redis errors),
+        dropped (not stored: Redis errors and back-off), invalid (data not
+        encodable as JSON), coalesced (progress merged into a later value)."""
         with self._lock:
             return {**self.counters, "coalesced": self.coalescer.merged}
 
@@ -131,6 +134,12 @@ class Producer:
             return 0
         try:
             seq = self.store.append(event)
+        except orjson.JSONEncodeError as exc:
+            # The task's own data cannot be encoded (e.g. non-string dict keys):
+            # drop this event only; the store is fine, so no back-off.
+            self.counters["invalid"] += 1
+            self._log_failure(exc, now)
+            return 0
         except (redis.RedisError, OSError) as exc:
             self.counters["failed"] += 1
             self.counters["dropped"] += 1
@@ -149,7 +158,7 @@ class Producer:
         if now - self._last_log < LOG_EVERY_SECONDS:
             return
         logger.warning(
-            "taskcast could not store events at %s (%s: %s); %d event(s) dropped since the "
+            "taskcast could not store events at %s (%s: %s); %d failure(s) since the "
             "last report; tasks keep running",
             self.settings.redis_url,
             type(exc).__name__,
