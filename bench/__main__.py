@@ -1,0 +1,7 @@
+"""``python -m bench [--quick] [--scenario NAME] [--out DIR]``."""
+
+import sys
+
+from .runner import main
+
+sys.exit(main())

@@ -1,0 +1,110 @@
+"""Scenario 3: many idle WebSocket connections on one bridge process.
+
+Resident memory per connection is the bridge's RSS growth (psutil) from
+before the connections to after all of them are open, divided by their
+number; while they stay connected, a probe client measures the latency of
+a steady event stream. Client sockets are spread over several loopback
+source addresses and several client processes, and every process raises its
+open-file limit, so neither ports nor descriptors run out first.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psutil
+
+from .context import Bench
+from .fleet import Fleet, split
+from .procs import Endpoint
+from .produce import ProducerSpec
+from .receive import ReceiverSpec
+from .report import Row
+from .stats import Delivery
+
+GOAL_KIB = 30.0
+SOURCE_ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+SETTLE_SECONDS = 2.0
+
+
+def probe(bench: Bench, bridge: Endpoint, fleet: Fleet) -> Delivery:
+    """Latency of ``probe_rate`` events/s over 10 operations, one subscribed client."""
+    sizes = bench.sizes
+    ops = [str(uuid.uuid4()) for _ in range(10)]
+    per_op = max(1, round(sizes.probe_rate * sizes.probe_seconds / len(ops)))
+    deadline = time.time() + sizes.probe_seconds + 30
+    receivers = fleet.receivers(
+        [ReceiverSpec(bridge.url, (tuple(ops),), dict.fromkeys(ops, per_op), deadline)]
+    )
+    if receivers.ready(timeout=30)[0] != 1:
+        raise RuntimeError("the probe client could not subscribe")
+    producers = fleet.producers(
+        [ProducerSpec(bench.store.url, bench.prefix, tuple(ops), sizes.probe_rate, per_op)]
+    )
+    producers.start()
+    producers.finish(timeout=sizes.probe_seconds * 10 + 30)
+    return receivers.finish(timeout=max(5.0, deadline - time.time()))["delivery"]
+
+
+def rss(pid: int) -> int:
+    return psutil.Process(pid).memory_info().rss
+
+
+def run(bench: Bench) -> list[Row]:
+    sizes = bench.sizes
+    total = sizes.connections
+    bridge = bench.bridge()
+    try:
+        with Fleet() as fleet:
+            warm = probe(bench, bridge, fleet)  # the bridge's first-use allocations, not counted
+            time.sleep(SETTLE_SECONDS)
+            before = rss(bridge.child.pid)
+            deadline = time.time() + 600
+            idle_specs = [
+                ReceiverSpec(
+                    bridge.url,
+                    tuple(() for _ in chunk),
+                    {},
+                    deadline,
+                    idle=True,
+                    local_hosts=SOURCE_ADDRESSES,
+                )
+                for chunk in split([str(i) for i in range(total)], sizes.connection_processes)
+            ]
+            idle = fleet.receivers(idle_specs, with_release=True)
+            opened_at = time.monotonic()
+            connected, errors = idle.ready(timeout=300)
+            open_seconds = time.monotonic() - opened_at
+            time.sleep(SETTLE_SECONDS)
+            after = rss(bridge.child.pid)
+            loaded = probe(bench, bridge, fleet)
+            idle_report = idle.finish(timeout=60)
+    finally:
+        bench.procs.stop(bridge.child)
+    per_conn_kib = (after - before) / max(connected, 1) / 1024
+    return [
+        Row(
+            "3 connections",
+            f"{total:,} idle connections",
+            {
+                "connected": connected,
+                "kib_per_conn": round(per_conn_kib, 1),
+                "bridge_rss_mib": round(after / 2**20, 1),
+                "open_s": round(open_seconds, 1),
+            },
+            goal=f"< {GOAL_KIB:g} KiB per connection",
+            met=connected == total and per_conn_kib < GOAL_KIB,
+            note="; ".join(errors[:2] + idle_report["errors"][:2]),
+        ),
+        Row(
+            "3 connections",
+            f"latency at {sizes.probe_rate:,.0f} ev/s with {connected:,} idle connected",
+            {
+                **loaded.histogram.summary_ms(),
+                "p99_ms_without": round(warm.histogram.percentile(99) / 1000, 3),
+            },
+            lost=loaded.lost + warm.lost,
+            duplicates=loaded.duplicates + warm.duplicates,
+        ),
+    ]

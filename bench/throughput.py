@@ -1,0 +1,189 @@
+"""Scenario 2: the highest sustained rate with no loss and p99 under 50 ms.
+
+Two shapes: 100 operations x 1 subscriber (one connection following all of
+them) and 1 operation x 100 subscribers (100 connections following it). A
+step-up search raises the event rate by a fixed factor every few seconds
+until a step loses or duplicates an event, misses p99 < 50 ms, or the
+producer cannot hold the rate; the last passing step is the result. The same
+search runs against the thin relay (bench/thin_relay.py), on a stream of its
+own so that the idle bridge does no work meanwhile, and taskcast is reported
+as a ratio of it. Producers write with ``EventStore.append`` from their own
+processes, so Celery is not what limits these figures.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from .context import Bench
+from .fleet import Fleet, split
+from .procs import Endpoint
+from .produce import ProducerSpec
+from .receive import ReceiverSpec
+from .report import Row
+
+P99_LIMIT_MS = 50.0
+GOAL_RATIO = 0.6
+PRODUCER_SLACK = 0.95  # a step whose producers reach less than this share of the rate is void
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    ops: int
+    subscribers: int
+    producer_processes: int
+    client_processes: int
+
+
+@dataclass
+class Step:
+    rate: float
+    deliveries_s: float
+    p99_ms: float
+    lost: int
+    duplicates: int
+    producer_rate: float
+    errors: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.lost == 0
+            and self.duplicates == 0
+            and self.p99_ms < P99_LIMIT_MS
+            and self.producer_rate >= PRODUCER_SLACK * self.rate
+        )
+
+    def why_not(self) -> str:
+        if self.lost or self.duplicates:
+            return f"lost {self.lost}, duplicated {self.duplicates}"
+        if self.p99_ms >= P99_LIMIT_MS:
+            return f"p99 {self.p99_ms:.1f} ms"
+        return f"producer reached only {self.producer_rate:,.0f} ev/s"
+
+
+def step(
+    bench: Bench, server: Endpoint, prefix: str, protocol: bool, shape: Shape, rate: float
+) -> Step:
+    """One fixed-rate run of ``step_seconds`` against ``server``."""
+    seconds = bench.sizes.step_seconds
+    ops = [str(uuid.uuid4()) for _ in range(shape.ops)]
+    per_op = max(1, round(rate * seconds / shape.ops))
+    expected = dict.fromkeys(ops, per_op)
+    deadline = time.time() + seconds + 30
+    per_client = split([str(i) for i in range(shape.subscribers)], shape.client_processes)
+    receiver_specs = [
+        ReceiverSpec(server.url, tuple(tuple(ops) for _ in chunk), expected, deadline, protocol)
+        for chunk in per_client
+    ]
+    producer_specs = [
+        ProducerSpec(bench.store.url, prefix, part, rate / shape.producer_processes, per_op)
+        for part in split(ops, shape.producer_processes)
+    ]
+    with Fleet() as fleet:
+        receivers = fleet.receivers(receiver_specs)
+        connected, errors = receivers.ready(timeout=60)
+        if connected != shape.subscribers:
+            raise RuntimeError(f"{connected}/{shape.subscribers} subscribers connected: {errors}")
+        producers = fleet.producers(producer_specs)
+        producers.start()
+        produced = producers.finish(timeout=seconds * 10 + 30)
+        seen = receivers.finish(timeout=max(5.0, deadline - time.time() + 5))
+    delivery = seen["delivery"]
+    return Step(
+        rate=rate,
+        deliveries_s=delivery.received / max(produced["seconds"], 1e-9),
+        p99_ms=delivery.histogram.percentile(99) / 1000,
+        lost=delivery.lost,
+        duplicates=delivery.duplicates,
+        producer_rate=produced["rate"],
+        errors=seen["errors"],
+    )
+
+
+def search(
+    bench: Bench, server: Endpoint, prefix: str, protocol: bool, shape: Shape, start: float
+) -> tuple[Step | None, Step | None]:
+    """Raise the rate until a step fails: (last passing step, first failing step)."""
+    best: Step | None = None
+    rate = start
+    for _ in range(bench.sizes.max_steps):
+        result = step(bench, server, prefix, protocol, shape, rate)
+        if not result.passed:
+            return best, result
+        best = result
+        rate *= bench.sizes.step_factor
+    return best, None
+
+
+def describe(best: Step | None, failed: Step | None) -> tuple[dict, str]:
+    figures = {
+        "max_ev_s": round(best.rate) if best else 0,
+        "deliveries_s": round(best.deliveries_s) if best else 0,
+        "p99_ms": round(best.p99_ms, 2) if best else None,
+    }
+    if failed is None:
+        return figures, "search ended at its last step (the ceiling is higher)"
+    return figures, f"next step {failed.rate:,.0f} ev/s failed: {failed.why_not()}"
+
+
+def run(bench: Bench) -> list[Row]:
+    sizes = bench.sizes
+    shapes = [
+        (
+            Shape(f"{sizes.fanin_ops} ops x 1 subscriber", sizes.fanin_ops, 1, 2, 1),
+            sizes.fanin_start_rate,
+        ),
+        (
+            Shape(
+                f"1 op x {sizes.fanout_subscribers} subscribers", 1, sizes.fanout_subscribers, 1, 2
+            ),
+            sizes.fanout_start_rate,
+        ),
+    ]
+    rows = []
+    relay = bench.procs.thin_relay(bench.store.url, f"{bench.relay_prefix}events")
+    try:
+        ceilings = {
+            shape.name: search(bench, relay, bench.relay_prefix, False, shape, start)
+            for shape, start in shapes
+        }
+    finally:
+        bench.procs.stop(relay.child)
+    bridge = bench.bridge()
+    try:
+        for shape, start in shapes:
+            best, failed = search(bench, bridge, bench.prefix, True, shape, start)
+            relay_best, relay_failed = ceilings[shape.name]
+            figures, note = describe(best, failed)
+            relay_figures, relay_note = describe(relay_best, relay_failed)
+            ratio = (best.deliveries_s / relay_best.deliveries_s) if best and relay_best else 0.0
+            figures["vs_relay"] = round(ratio, 2)
+            rows.append(
+                Row(
+                    "2 throughput",
+                    f"taskcast, {shape.name}",
+                    figures,
+                    lost=(best.lost if best else None),
+                    duplicates=(best.duplicates if best else None),
+                    goal=f">= {GOAL_RATIO:.0%} of thin relay",
+                    met=ratio >= GOAL_RATIO,
+                    note=note,
+                )
+            )
+            rows.append(
+                Row(
+                    "baseline thin relay",
+                    shape.name,
+                    relay_figures,
+                    lost=(relay_best.lost if relay_best else None),
+                    duplicates=(relay_best.duplicates if relay_best else None),
+                    note=relay_note,
+                )
+            )
+    finally:
+        bench.procs.stop(bridge.child)
+    return rows
