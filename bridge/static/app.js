@@ -78,7 +78,7 @@ function entryFor(operationId, firstSeen) {
       click.preventDefault();
       navigate(operationId);
     });
-    entry = { model: { operation_id: operationId, last_seq: 0, started_at: firstSeen }, row };
+    entry = { model: { operation_id: operationId, last_seq: 0 }, row, firstSeen };
     operations.set(operationId, entry);
     place(entry);
     trimRows();
@@ -86,10 +86,9 @@ function entryFor(operationId, firstSeen) {
   return entry;
 }
 
-/** Keeps rows newest first; rows only move when their start time becomes known. */
+/** Newest first, by when the operation was first seen: rows never move once shown. */
 function place(entry) {
-  const key = entry.model.started_at ?? Infinity;
-  const before = [...list.children].find((row) => row !== entry.row && (operations.get(row.dataset.operationId).model.started_at ?? Infinity) < key);
+  const before = [...list.children].find((row) => operations.get(row.dataset.operationId).firstSeen < entry.firstSeen);
   list.insertBefore(entry.row, before ?? null);
 }
 
@@ -105,14 +104,11 @@ function trimRows() {
 }
 
 function applySnapshot(snapshot) {
-  const entry = entryFor(snapshot.operation_id, snapshot.started_at);
-  const { model } = entry;
-  const startedBefore = model.started_at;
+  const { model } = entryFor(snapshot.operation_id, snapshot.started_at ?? snapshot.updated_at);
   const fresh = (snapshot.last_seq ?? 0) >= model.last_seq;
   for (const field of fresh ? Object.keys(snapshot) : STATIC_FIELDS) {
     if (snapshot[field] !== undefined) model[field] = snapshot[field];
   }
-  if (model.started_at !== startedBefore) place(entry);
   invalidate(snapshot.operation_id);
 }
 
@@ -130,6 +126,7 @@ function applyEvent(event) {
   switch (event.event_type) {
     case 'status':
       model.status = data.status;
+      if (data.status === 'running') model.started_at ??= event.timestamp;
       if (data.message) model.message = data.message;
       if (!FINISHED_STATUSES.has(data.status)) model.finished_at = null;
       break;
