@@ -249,7 +249,7 @@ export class TaskcastClient {
     cancelWaiter(this.#subscriptions.get(operationId), 'replaced by a new subscribe()');
     const subscription = { since, confirmed: false };
     this.#subscriptions.set(operationId, subscription);
-    return this.#establish(subscription, () => subscribeCommand(operationId, since));
+    return this.#establish(subscription, subscribeCommand(operationId, since));
   }
 
   /**
@@ -274,7 +274,7 @@ export class TaskcastClient {
   subscribeAll(operationType) {
     cancelWaiter(this.#monitor, 'replaced by a new subscribeAll()');
     this.#monitor = { operationType };
-    return this.#establish(this.#monitor, () => monitorCommand(operationType));
+    return this.#establish(this.#monitor, monitorCommand(operationType));
   }
 
   /**
@@ -413,7 +413,7 @@ export class TaskcastClient {
     const reply = new Promise((resolve, reject) => {
       entry.waiter = { resolve, reject };
     });
-    if (this.state === 'open') this.#send(entry, command());
+    if (this.state === 'open') this.#send(entry, command);
     return reply;
   }
 
