@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT_DIR, TESTS_DIR, wait_for, worker_env
+from bridge_helpers import BridgeProcess
+from helpers import ROOT_DIR, TESTS_DIR, worker_env
 
 from bridge.embedded_redis import free_port
 from tasks.events import Event, log_data
@@ -59,46 +59,27 @@ def test_js_client_logic() -> None:
     run_node_tests(JS_TESTS / "taskcast_logic.test.mjs")
 
 
-class BridgeProcess:
-    """``python -m bridge serve`` on a fixed port, which can be stopped, killed and restarted."""
+class RestartableBridge:
+    """``taskcast serve`` on a fixed port: stopped or killed, then started again in its place."""
 
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        self.port = free_port()
+        self.process: BridgeProcess | None = None
 
     def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*BRIDGE_COMMAND, "--port", str(self.port)],
-                cwd=ROOT_DIR,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._ready, timeout=30)
+        self.process = BridgeProcess("--port", str(self.port), env=self.env)
+        self.process.wait_listening()
 
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"the bridge exited:\n{self.log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=15)
+    def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is not None:
+            self.process.stop(signum)
 
 
 class ControlServer(ThreadingHTTPServer):
     """The Node test's handle on the world: store events, stop/kill/start the bridge."""
 
-    def __init__(self, store: EventStore, bridge: BridgeProcess) -> None:
+    def __init__(self, store: EventStore, bridge: RestartableBridge) -> None:
         super().__init__(("127.0.0.1", 0), ControlHandler)
         self.routes: dict[str, Callable[..., Any]] = {
             "/emit": lambda operation_id, count, terminal=False: {
@@ -146,17 +127,17 @@ class ControlHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def bridge(task_settings: Settings, prefix: str, tmp_path: Path) -> Iterator[BridgeProcess]:
-    env = worker_env(replace(task_settings, prefix=prefix))
-    process = BridgeProcess(env, free_port(), tmp_path / "bridge.log")
-    process.start()
-    yield process
-    process.stop()
+def restartable_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
+    bridge = RestartableBridge(worker_env(replace(task_settings, prefix=prefix)))
+    bridge.start()
+    yield bridge
+    bridge.stop()
 
 
 def test_js_client_reconnects_and_resumes_against_real_bridge(
-    bridge: BridgeProcess, store: EventStore
+    restartable_bridge: RestartableBridge, store: EventStore
 ) -> None:
+    bridge = restartable_bridge
     control = ControlServer(store, bridge)
     threading.Thread(target=control.serve_forever, daemon=True).start()
     try:
