@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -33,10 +32,9 @@ from worker_config import Settings
 
 NODE = shutil.which("node")
 JS_TESTS = TESTS_DIR / "js"
-BRIDGE_COMMAND = [sys.executable, "-m", "bridge", "serve"]
 
 
-def run_node_tests(test_file: Path, env: dict[str, str] | None = None) -> dict[str, int]:
+def run_node_tests(test_file: Path, env: dict[str, str] | None = None) -> None:
     """Run one ``node --test`` file; fail unless it passed tests and skipped none."""
     assert NODE, "node (20 or later) is required to test the JS client"
     proc = subprocess.run(
@@ -52,7 +50,6 @@ def run_node_tests(test_file: Path, env: dict[str, str] | None = None) -> dict[s
     counts = {name: int(n) for name, n in re.findall(r"^# (\w+) (\d+)$", proc.stdout, re.M)}
     assert counts["pass"] > 0, report
     assert counts["fail"] == counts["skipped"] == counts["cancelled"] == 0, report
-    return counts
 
 
 def test_js_client_logic() -> None:
