@@ -5,10 +5,12 @@ Where each event comes from, and why there:
 - ``queued``: ``before_task_publish``, in the publishing process, before the
   message exists; no worker can run the task earlier, so it is always seq 1.
 - ``retrying``: also ``before_task_publish``, when the re-published message
-  carries ``retries > 0``. Celery's own ``task_retry`` signal fires only after
-  the new message is on the broker, where another worker may already have
-  started it; emitting at publish keeps ``retrying`` before the next
-  ``running``. A retry is not a new publication, so it gets no ``queued``.
+  carries ``retries > 0``; ``retry_in`` and ``reason`` sit in ``data`` next
+  to ``status``, the attempt number in ``details.retries``. Celery's own
+  ``task_retry`` signal fires only after the new message is on the broker,
+  where another worker may already have started it; emitting at publish
+  keeps ``retrying`` before the next ``running``. A retry is not a new
+  publication, so it gets no ``queued``.
 - ``running``: ``task_prerun``, with the worker's hostname.
 - ``result`` + ``completed``: ``task_success``, with the duration since
   ``running`` (measured in the process that ran the task).
@@ -82,14 +84,11 @@ def record_queued(
         return
     if headers.get("retries"):
         exc = sys.exc_info()[1]
-        details = {
-            "retry_in": seconds_until(headers.get("eta")),
-            "reason": f"{type(exc).__name__}: {exc}" if exc else "retry requested",
-            "retries": headers["retries"],
-        }
-        emitter.emit(
-            "status", task_id, status_data("retrying", f"Retry {headers['retries']}", details)
-        )
+        retries = headers["retries"]
+        data = status_data("retrying", f"Retry {retries}", {"retries": retries})
+        data["retry_in"] = seconds_until(headers.get("eta"))
+        data["reason"] = f"{type(exc).__name__}: {exc}" if exc else "retry requested"
+        emitter.emit("status", task_id, data)
         return
     data = status_data("queued", "Waiting for a worker", {"queue": routing_key})
     emitter.emit("status", task_id, data, operation_type=sender, metadata=publish_metadata(headers))
