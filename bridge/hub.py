@@ -100,8 +100,9 @@ class Hub:
 
     - ``on_ready(conn)``: the outbox went from empty to non-empty; drain it
       with :meth:`take`.
-    - ``on_overflow(conn)``: the client's unsent data passed
-      ``send_buffer_bytes``; its outbox is dropped and it must be closed (4008).
+    - ``on_overflow(conn)``: a live event came while the client still had more
+      than ``send_buffer_bytes`` unsent; its outbox is dropped and it must be
+      closed (4008).
     - ``on_resync(conn, subscription)``: a live event skipped a seq for this
       subscription; read history after ``subscription.since`` and call
       :meth:`finish_subscribe` with ``reply=None``.
@@ -175,16 +176,21 @@ class Hub:
         return conn.queued_bytes > self.send_buffer_bytes
 
     def _enqueue(self, conn: Connection, frame: Frame, charged: bool = False) -> None:
-        """Append to the outbox; a live frame that takes it over budget condemns it instead."""
+        """Append to the outbox, or condemn a client still over budget when a live frame comes.
+
+        Checking the backlog *before* adding lets one read batch overshoot the
+        budget: the writer cannot run in the middle of a batch, so only data
+        left unsent after the previous batch had its chance proves a client slow.
+        """
         if conn.closed:
+            return
+        if not charged and frame.kind == LIVE and conn.queued_bytes > self.send_buffer_bytes:
+            self._condemn(conn)
             return
         was_empty = not conn.outbox
         conn.outbox.append(frame)
         if not charged:
             conn.queued_bytes += len(frame.payload)
-            if frame.kind == LIVE and conn.queued_bytes > self.send_buffer_bytes:
-                self._condemn(conn)
-                return
         if was_empty:
             self._on_ready(conn)
 
@@ -340,10 +346,11 @@ class Hub:
         return True
 
     def _buffer(self, conn: Connection, sub: Subscription, seq: int, frame: Frame) -> None:
-        sub.pending.append((seq, frame))
-        conn.queued_bytes += len(frame.payload)
         if conn.queued_bytes > self.send_buffer_bytes:
             self._condemn(conn)
+            return
+        sub.pending.append((seq, frame))
+        conn.queued_bytes += len(frame.payload)
 
     # -- introspection -------------------------------------------------------
 
