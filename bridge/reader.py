@@ -7,6 +7,7 @@ decoding come from :mod:`tasks.store`, routing decisions from the hub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -149,10 +150,11 @@ class LiveTail:
         self.block_ms = block_ms
         self.count = count
         self.max_backoff = max_backoff
-        self.client = _client(redis_url, socket_timeout=block_ms / 1000 + 5, max_connections=2)
+        self.client = _client(redis_url, socket_timeout=block_ms / 1000 + 2, max_connections=2)
         self.position: bytes | None = None
         self.healthy = False
         self.positioned = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     async def find_position(self) -> None:
         """Start after the newest entry stored so far (``0-0`` if the stream is empty)."""
@@ -162,9 +164,9 @@ class LiveTail:
         self.positioned.set()
 
     async def run(self) -> None:
-        """Read and publish forever; back off (with jitter) while Redis is unreachable."""
+        """Read and publish until :meth:`stop`; back off (with jitter) while Redis is down."""
         delay = 0.05
-        while True:
+        while not self._stopping.is_set():
             try:
                 if self.position is None:
                     await self.find_position()
@@ -175,7 +177,7 @@ class LiveTail:
                 if self.healthy:
                     log.warning("live tail lost Redis (%s); retrying", exc)
                 self.healthy = False
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await self._pause(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.max_backoff)
                 continue
             if not self.healthy:
@@ -186,6 +188,23 @@ class LiveTail:
                 entries = reply[0][1]
                 self.position = entries[-1][0]
                 self.publish(decode_live(entries))
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Let the running ``XREAD BLOCK`` return, then end ``task``.
+
+        Cancelling a redis.asyncio call while it connects can leave the task
+        hanging (redis-py), so the loop is asked to stop and cancellation is
+        only the fallback.
+        """
+        self._stopping.set()
+        done, _ = await asyncio.wait([task], timeout=self.block_ms / 1000 + 1)
+        if not done:
+            task.cancel()
+            await asyncio.wait([task], timeout=1)
 
     async def close(self) -> None:
         await self.client.aclose()

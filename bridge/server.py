@@ -118,7 +118,7 @@ class Bridge:
         that need the store answer ``unavailable`` meanwhile.
         """
         try:
-            await asyncio.wait_for(self.tail.find_position(), timeout=3)
+            await self.tail.find_position()
         except STORE_ERRORS as exc:
             log.warning("Redis unreachable at start-up (%s); will keep retrying", exc)
         self._tail_task = asyncio.create_task(self.tail.run())
@@ -148,14 +148,13 @@ class Bridge:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=CLOSE_TIMEOUT + 1)
             except asyncio.TimeoutError:
                 log.warning("some connections did not close in time")
-        for task in list(self._background):
-            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=1)
         await self._stop_tail()
 
     async def _stop_tail(self) -> None:
         if self._tail_task is not None:
-            self._tail_task.cancel()
-            await asyncio.gather(self._tail_task, return_exceptions=True)
+            await self.tail.stop(self._tail_task)
         await self.tail.close()
         await self.reader.close()
 

@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,10 +38,15 @@ Frame = dict[str, Any]
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(redis_url: str, prefix: str, **overrides: Any) -> AsyncIterator[Bridge]:
-    """A started bridge on a free port; stopped (connections closed with 1001) on exit."""
+async def running_bridge(
+    redis_url: str, prefix: str, static_dir: Path | None = None, **overrides: Any
+) -> AsyncIterator[Bridge]:
+    """A started bridge on a free port; stopped (connections closed with 1001) on exit.
+
+    ``overrides`` are :class:`Settings` fields (e.g. ``send_buffer_bytes``).
+    """
     settings = load_settings({}, redis_url=redis_url, prefix=prefix, port=0, **overrides)
-    bridge = Bridge(settings)
+    bridge = Bridge(settings, static_dir)
     await bridge.start()
     try:
         yield bridge
