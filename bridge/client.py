@@ -182,12 +182,19 @@ class TaskcastClient:
         return sub.snapshot if sub else None
 
     async def monitor(self, operation_type: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Every live event of every operation (optionally of one type), until closed."""
+        """Subscribe to every live event of every operation (optionally of one type).
+
+        Returns once the bridge confirmed the subscription, so nothing published
+        after the call is missed; iterate the result to get the events.
+        """
         self._monitor = asyncio.Queue()
         self._monitor_type = operation_type
+        await self._subscribe_all()
+        return self._monitor_events()
+
+    async def _monitor_events(self) -> AsyncIterator[dict[str, Any]]:
         try:
-            await self._subscribe_all()
-            while (event := await self._monitor.get()) is not None:
+            while self._monitor is not None and (event := await self._monitor.get()) is not None:
                 yield event
         finally:
             self._monitor = None
@@ -336,7 +343,7 @@ class SyncClient:
 
     def monitor(self, operation_type: str | None = None) -> Iterator[dict[str, Any]]:
         """Blocking :meth:`TaskcastClient.monitor`."""
-        return self._iterate(self._client.monitor(operation_type))
+        return self._iterate(self._run(self._client.monitor(operation_type)))
 
     def get_operation(self, operation_id: str) -> dict[str, Any]:
         return self._run(self._client.get_operation(operation_id))

@@ -52,25 +52,29 @@ def redis_answers(url: str) -> bool:
 class ProcessTree:
     """Child processes, each the leader of its own process group."""
 
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    children: list[tuple[str, subprocess.Popen[bytes], int]] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], stop_signal: int = signal.SIGTERM
+    ) -> subprocess.Popen[bytes]:
+        """Start a child; ``stop_signal`` goes to it alone when the tree stops."""
         process = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
-        self.children.append((name, process))
+        self.children.append((name, process, stop_signal))
         return process
 
     def check(self) -> None:
         """Raise if a child died: a demo with a dead worker or bridge would only confuse."""
-        for name, process in self.children:
+        for name, process, _ in self.children:
             if process.poll() is not None:
                 raise click.ClickException(f"the {name} exited with code {process.returncode}")
 
     def stop(self, grace: float = 4.0) -> None:
-        """SIGTERM every group, then SIGKILL whatever is still alive after ``grace``."""
-        for _, process in self.children:
-            _signal_group(process, signal.SIGTERM)
+        """Ask every child to stop, then SIGKILL whatever is left in its group after ``grace``."""
+        for _, process, stop_signal in self.children:
+            if process.poll() is None:
+                process.send_signal(stop_signal)
         deadline = time.monotonic() + grace
-        for _, process in self.children:
+        for _, process, _ in self.children:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             _signal_group(process, signal.SIGKILL)
@@ -175,7 +179,9 @@ def _run(
     click.echo("follow a task in the terminal with: taskcast watch <operation id>")
     if not no_browser:
         webbrowser.open(dashboard)
-    from tasks import app
+    from tasks import app, configure
+
+    configure(load_settings())  # this process imported tasks before the URLs above were set
 
     def submit(name: str, kwargs: dict) -> None:
         result = app.send_task(name, kwargs=kwargs)

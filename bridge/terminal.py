@@ -20,15 +20,17 @@ import orjson
 from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from worker_config import load_settings
 
 from .client import BridgeUnavailable, CommandError, TaskcastClient
 
 EXIT_UNREACHABLE = 3
-LOG_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
+LOG_STYLES = {"debug": "dim", "info": "cyan", "warning": "yellow", "error": "bold red"}
 
 
 def default_url() -> str:
@@ -110,8 +112,9 @@ async def follow(client: TaskcastClient, operation_id: str, console: Console) ->
             row = apply_event({}, event)
             data = event["data"]
             if event["event_type"] == "log":
-                style = LOG_STYLES.get(data.get("level", "info"), "")
-                bar.console.print(f"[{style}]{data.get('level', 'info'):>7}[/] {data['message']}")
+                level = data.get("level", "info")
+                line = Text(f"{level:>7} ", style=LOG_STYLES.get(level, ""))
+                bar.console.print(line.append(data["message"], style="default"))
             update: dict[str, Any] = {}
             if "status" in row:
                 update["status"] = row["status"]
@@ -131,9 +134,8 @@ async def follow(client: TaskcastClient, operation_id: str, console: Console) ->
     if ending["event_type"] == "completed":
         console.print(f"[green]completed[/] in {data.get('duration', 0):.2f}s")
         return 0
-    console.print(
-        f"[red]{data.get('status', 'failed')}[/]: {data.get('error_type')}: {data['error']}"
-    )
+    failure = escape(f"{data.get('error_type')}: {data['error']}")
+    console.print(f"[red]{data.get('status', 'failed')}[/]: {failure}")
     return 1
 
 
@@ -187,8 +189,12 @@ def _operations_table(rows: dict[str, dict[str, Any]]) -> Table:
 async def _monitor(client: TaskcastClient, console: Console, duration: float | None) -> int:
     rows = {op["operation_id"]: op for op in await client.list_operations("active")}
 
+    events = await client.monitor()
+    if not console.is_terminal:
+        console.print(f"monitoring every operation at {client.url}", highlight=False)
+
     async def consume(live: Live | None) -> None:
-        async for event in client.monitor():
+        async for event in events:
             row = apply_event(rows.setdefault(event["operation_id"], {}), event)
             if live is not None:
                 live.update(_operations_table(rows))
@@ -197,6 +203,7 @@ async def _monitor(client: TaskcastClient, console: Console, duration: float | N
                     f"{row['operation_id']} {event['event_type']:<9} {row.get('status') or '':<10} "
                     f"{(row.get('progress') or 0) * 100:5.1f}% {row.get('message') or ''}",
                     highlight=False,
+                    markup=False,
                     soft_wrap=True,
                 )
 

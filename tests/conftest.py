@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -28,6 +29,9 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     """One private redis-server for the whole session (never the system's)."""
     with EmbeddedRedis() as server:
         yield server
+        # Celery's Redis result backend unsubscribes when an AsyncResult is collected;
+        # collect them while the server still answers, or exit stalls in its retry loop.
+        gc.collect()
 
 
 @pytest.fixture

@@ -1,0 +1,218 @@
+"""The Python client, the terminal commands and the example client against a real bridge,
+a real Celery worker and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from bridge.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
+from bridge.embedded_redis import free_port
+from tasks.store import EventStore
+from tests.bridge_helpers import BridgeProcess
+from tests.helpers import ROOT_DIR, events_of, wait_finished, worker_env
+from worker_config import Settings
+
+
+@pytest.fixture
+def bridge_process(redis_url: str, prefix: str) -> Iterator[Callable[..., BridgeProcess]]:
+    """``bridge_process(port=0)``: ``taskcast serve`` subprocesses on this test's store."""
+    started: list[BridgeProcess] = []
+
+    def start(port: int = 0) -> BridgeProcess:
+        process = BridgeProcess("--port", str(port), "--redis-url", redis_url, "--prefix", prefix)
+        started.append(process)
+        process.wait_listening()
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture
+def cli_env(task_settings: Settings, prefix: str) -> dict[str, str]:
+    """Environment of a ``taskcast`` command using this test's Redis, broker and prefix."""
+    return worker_env(replace(task_settings, prefix=prefix))
+
+
+def taskcast(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def seqs(events: list[dict[str, Any]]) -> list[int]:
+    return [event["seq"] for event in events]
+
+
+async def test_watch_yields_every_event_once_and_ends_after_the_terminal_one(
+    task_app: Celery, store: EventStore, bridge_process: Callable[..., BridgeProcess]
+) -> None:
+    bridge = bridge_process()
+    result = task_app.send_task("demo.web_search", kwargs={"queries": 4, "delay": 0.05})
+    async with TaskcastClient(bridge.url) as client:
+        events = [event async for event in client.watch(result.id)]
+        assert (await client.get_operation(result.id))["status"] == "completed"
+        with pytest.raises(CommandError) as missing:
+            await client.get_operation("no-such-operation")
+        assert missing.value.code == "not_found"
+    assert events == events_of(store, result.id)
+    assert seqs(events) == list(range(1, len(events) + 1))
+    assert events[-1]["event_type"] == "completed"
+
+
+async def test_watch_resumes_across_a_bridge_restart_without_gap_or_duplicate(
+    task_app: Celery, store: EventStore, bridge_process: Callable[..., BridgeProcess]
+) -> None:
+    first = bridge_process()
+    result = task_app.send_task("demo.orchestrate", kwargs={"steps": 6, "delay": 0.3})
+    received: list[dict[str, Any]] = []
+    async with TaskcastClient(first.url) as client:
+        watch = client.watch(result.id)
+        async for event in watch:
+            received.append(event)
+            if event["event_type"] == "progress":
+                break
+        await asyncio.to_thread(first.stop)
+        bridge_process(first.port)
+        received.extend(
+            [event async for event in client.watch(result.id, since=received[-1]["seq"])]
+        )
+    wait_finished(store, result.id)
+    assert seqs(received) == list(range(1, len(events_of(store, result.id)) + 1))
+    assert received[-1]["event_type"] == "completed"
+
+
+def test_sync_client_for_scripts(
+    run_task: Callable[..., Any], bridge_process: Callable[..., BridgeProcess]
+) -> None:
+    done = run_task("demo.generate_code", {"lines": 3})
+    failed = run_task("demo.flaky", {"steps": 4, "fail_at": 0.5})
+    with SyncClient(bridge_process().url) as client:
+        assert [e["seq"] for e in client.watch(done.id)] == seqs(done.events)
+        assert client.get_operation(failed.id)["status"] == "failed"
+        finished = {op["operation_id"] for op in client.list_operations("finished")}
+        assert {done.id, failed.id} <= finished
+        assert client.get_stats()["connected_clients"] >= 1
+
+
+def test_clients_report_an_absent_bridge_in_one_line(cli_env: dict[str, str]) -> None:
+    url = f"ws://127.0.0.1:{free_port()}/ws"
+    with pytest.raises(BridgeUnavailable):
+        SyncClient(url)
+    for command in (["watch", "some-id"], ["stats"], ["monitor", "--duration", "1"]):
+        run = taskcast(*command, "--url", url, env=cli_env)
+        assert run.returncode == 3, run.stderr
+        assert run.stderr.startswith("taskcast: cannot reach the taskcast bridge at")
+        assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_watch_command_exit_codes(
+    run_task: Callable[..., Any],
+    bridge_process: Callable[..., BridgeProcess],
+    cli_env: dict[str, str],
+) -> None:
+    url = bridge_process().url
+    done = run_task("demo.web_search", {"queries": 2})
+    failed = run_task("demo.flaky", {"steps": 4, "fail_at": 0.5})
+    ok = taskcast("watch", done.id, "--url", url, env=cli_env)
+    assert ok.returncode == 0, ok.stderr
+    assert "completed" in ok.stdout and "Query 2: 3 results" in ok.stdout
+    bad = taskcast("watch", failed.id, "--url", url, env=cli_env)
+    assert bad.returncode == 1
+    assert "failed" in bad.stdout and "CodeValidationError" in bad.stdout
+
+
+def test_submit_with_watch_follows_the_task_to_completion(
+    task_app: Celery,
+    store: EventStore,
+    bridge_process: Callable[..., BridgeProcess],
+    cli_env: dict[str, str],
+) -> None:
+    url = bridge_process().url
+    run = taskcast(
+        "submit",
+        "demo.generate_code",
+        "--arg",
+        "lines=4",
+        "--arg",
+        "request=a parser",
+        "--watch",
+        "--url",
+        url,
+        env=cli_env,
+    )
+    assert run.returncode == 0, run.stderr
+    operation_id = run.stdout.strip().splitlines()[0]
+    assert store.snapshot(operation_id)["status"] == "completed"
+    assert "completed" in run.stderr
+    queued = events_of(store, operation_id)[0]
+    assert queued["data"]["status"] == "queued"
+    bad = taskcast("submit", "demo.generate_code", "--arg", "novalue", env=cli_env)
+    assert bad.returncode == 2 and "key=value" in bad.stderr
+
+
+def test_monitor_and_stats_commands(
+    task_app: Celery,
+    store: EventStore,
+    bridge_process: Callable[..., BridgeProcess],
+    cli_env: dict[str, str],
+) -> None:
+    url = bridge_process().url
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "monitor", "--url", url, "--duration", "6"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert monitor.stdout is not None
+    result = None
+    lines: list[str] = []
+    for line in monitor.stdout:
+        lines.append(line)
+        if result is None:
+            result = task_app.send_task("demo.generate_code", kwargs={"lines": 3, "delay": 0.3})
+        if result.id in line and " completed " in line:
+            break
+    monitor.kill()
+    monitor.wait()
+    assert any(result.id in line and "100.0%" in line for line in lines)
+    stats = taskcast("stats", "--json", "--url", url, env=cli_env)
+    assert stats.returncode == 0 and '"connected_clients"' in stats.stdout
+
+
+def test_example_python_client_modes(
+    run_task: Callable[..., Any],
+    bridge_process: Callable[..., BridgeProcess],
+    cli_env: dict[str, str],
+) -> None:
+    env = dict(cli_env, TASKCAST_URL=bridge_process().url, PYTHONPATH=str(ROOT_DIR))
+    example = [sys.executable, str(ROOT_DIR / "examples" / "websocket_client_python.py")]
+    done = run_task("demo.generate_code", {"lines": 2})
+    streamed = subprocess.run([*example, done.id], env=env, capture_output=True, text=True)
+    assert streamed.returncode == 0, streamed.stderr
+    assert f"#{len(done.events):<4} completed in" in streamed.stdout
+    stats = subprocess.run([*example, "stats"], env=env, capture_output=True, text=True)
+    assert '"connected_clients"' in stats.stdout
+    session = subprocess.run(
+        [*example, "interactive"],
+        input=f'ping\n{{"command": "get_operation", "operation_id": "{done.id}"}}\n[1]\n\n',
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert '"pong"' in session.stdout and '"completed"' in session.stdout
+    assert "not a command" in session.stdout
