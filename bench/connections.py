@@ -11,40 +11,18 @@ open-file limit, so neither ports nor descriptors run out first.
 from __future__ import annotations
 
 import time
-import uuid
 
 import psutil
 
 from .context import Bench
 from .fleet import Fleet, split
-from .procs import Endpoint
-from .produce import ProducerSpec
+from .probe import probe
 from .receive import ReceiverSpec
 from .report import Row
-from .stats import Delivery
 
 GOAL_KIB = 30.0
 SOURCE_ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
 SETTLE_SECONDS = 2.0
-
-
-def probe(bench: Bench, bridge: Endpoint, fleet: Fleet) -> Delivery:
-    """Latency of ``probe_rate`` events/s over 10 operations, one subscribed client."""
-    sizes = bench.sizes
-    ops = [str(uuid.uuid4()) for _ in range(10)]
-    per_op = max(1, round(sizes.probe_rate * sizes.probe_seconds / len(ops)))
-    deadline = time.time() + sizes.probe_seconds + 30
-    receivers = fleet.receivers(
-        [ReceiverSpec(bridge.url, (tuple(ops),), dict.fromkeys(ops, per_op), deadline)]
-    )
-    if receivers.ready(timeout=30)[0] != 1:
-        raise RuntimeError("the probe client could not subscribe")
-    producers = fleet.producers(
-        [ProducerSpec(bench.store.url, bench.prefix, tuple(ops), sizes.probe_rate, per_op)]
-    )
-    producers.start()
-    producers.finish(timeout=sizes.probe_seconds * 10 + 30)
-    return receivers.finish(timeout=max(5.0, deadline - time.time()))["delivery"]
 
 
 def rss(pid: int) -> int:
@@ -57,7 +35,9 @@ def run(bench: Bench) -> list[Row]:
     bridge = bench.bridge()
     try:
         with Fleet() as fleet:
-            warm = probe(bench, bridge, fleet)  # the bridge's first-use allocations, not counted
+            warm, _ = probe(
+                bench, bridge, fleet, sizes.probe_rate, sizes.probe_seconds
+            )  # the bridge's first-use allocations, not counted
             time.sleep(SETTLE_SECONDS)
             before = rss(bridge.child.pid)
             deadline = time.time() + 600
@@ -78,7 +58,7 @@ def run(bench: Bench) -> list[Row]:
             open_seconds = time.monotonic() - opened_at
             time.sleep(SETTLE_SECONDS)
             after = rss(bridge.child.pid)
-            loaded = probe(bench, bridge, fleet)
+            loaded, _ = probe(bench, bridge, fleet, sizes.probe_rate, sizes.probe_seconds)
             idle_report = idle.finish(timeout=60)
     finally:
         bench.procs.stop(bridge.child)

@@ -5,6 +5,8 @@ together at a fixed aggregate rate; one WebSocket client subscribed to all of
 them records, per progress event, its arrival time minus the event's
 ``timestamp`` (taken when the task called ``self.progress``; same machine,
 same clock). Redis load is recorded too, next to the polling baseline's.
+The same rates are then written straight into the store (no Celery) to
+separate what the bridge path costs from what the worker side adds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tasks.store import EventStore
 
 from .context import Bench
 from .fleet import Fleet
+from .probe import probe
 from .procs import Endpoint
 from .receive import ReceiverSpec
 from .report import Row
@@ -86,10 +89,28 @@ def measure(bench: Bench, bridge: Endpoint, queue: str, rate: int) -> Row:
     return row
 
 
+def measure_direct(bench: Bench, bridge: Endpoint, rate: int) -> Row:
+    sizes = bench.sizes
+    with Fleet() as fleet:
+        delivery, produced = probe(
+            bench, bridge, fleet, rate, sizes.latency_seconds, sizes.latency_ops, 2
+        )
+    return Row(
+        "1 latency",
+        f"{rate:,} ev/s, {sizes.latency_ops} ops, store-direct producer (no Celery)",
+        {**delivery.histogram.summary_ms(), "achieved_ev_s": round(produced["rate"])},
+        lost=delivery.lost,
+        duplicates=delivery.duplicates,
+        note="isolates the bridge path: EventStore.append from 2 processes",
+    )
+
+
 def run(bench: Bench) -> list[Row]:
     queue = bench.worker(progress_interval=0.0)
     bridge = bench.bridge()
+    rates = bench.sizes.latency_rates
     try:
-        return [measure(bench, bridge, queue, rate) for rate in bench.sizes.latency_rates]
+        rows = [measure(bench, bridge, queue, rate) for rate in rates]
+        return rows + [measure_direct(bench, bridge, rate) for rate in rates]
     finally:
         bench.procs.stop(bridge.child)

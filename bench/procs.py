@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bridge.embedded_redis import EmbeddedRedis
 
@@ -45,6 +46,7 @@ class Child:
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=60))
     ready: threading.Event = field(default_factory=threading.Event)
     match: re.Match[str] | None = None
+    stop_signal: int = signal.SIGTERM
 
     @property
     def pid(self) -> int:
@@ -69,11 +71,16 @@ class Endpoint:
 
 
 class Processes:
-    """Start children, wait for their ready line, and stop all of them on close."""
+    """Start children, wait for their ready line, and stop all of them on close.
 
-    def __init__(self) -> None:
+    With ``profile_dir``, every bridge and worker gets a py-spy sampler attached
+    that writes collapsed stacks there when its target exits (see bench/profile.py).
+    """
+
+    def __init__(self, profile_dir: Path | None = None) -> None:
         self.children: list[Child] = []
         self.servers: list[EmbeddedRedis] = []
+        self.profile_dir = profile_dir
 
     def redis(self) -> EmbeddedRedis:
         """A fresh private redis-server (stopped on close)."""
@@ -141,6 +148,7 @@ class Processes:
             ready=BRIDGE_READY,
         )
         assert child.match is not None
+        self.sample(child)
         return Endpoint(child, child.match.group(1), int(child.match.group(2)), "/ws")
 
     def thin_relay(self, redis_url: str, stream: str) -> Endpoint:
@@ -158,10 +166,24 @@ class Processes:
         args = ["celery", "-A", "bench.tasks", "worker", "-P", "threads"]
         args += ["-c", str(concurrency), "-Q", queue, "-n", f"{queue}@%h", "-l", "info"]
         args += ["--without-heartbeat", "--without-gossip", "--without-mingle"]
-        return self.python(f"worker {queue}", args, env=env, ready=WORKER_READY, timeout=60)
+        child = self.python(f"worker {queue}", args, env=env, ready=WORKER_READY, timeout=60)
+        self.sample(child)
+        return child
 
-    def stop(self, child: Child, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    def sample(self, target: Child) -> None:
+        """Attach py-spy to ``target`` when profiling; it stops and writes when the target ends."""
+        if self.profile_dir is None:
+            return
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        name = target.name.replace(" ", "-")
+        output = self.profile_dir / f"{name}-{target.pid}.txt"
+        args = ["py-spy", "record", "--pid", str(target.pid), "--format", "raw", "--nolineno"]
+        sampler = self.start(f"py-spy {name}", [*args, "--rate", "200", "-o", str(output)])
+        sampler.stop_signal = signal.SIGINT  # py-spy writes its output on SIGINT
+
+    def stop(self, child: Child, sig: int | None = None, timeout: float = 10.0) -> None:
         """Signal the child's process group, wait, and SIGKILL it if it lingers."""
+        sig = child.stop_signal if sig is None else sig
         process = child.process
         if process.poll() is None:
             try:

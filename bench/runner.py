@@ -52,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: bench/results/latest.json and docs/BENCHMARKS.md; "
         "bench/results/quick/ for --quick)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="attach py-spy to every bridge and worker; collapsed stacks go to DIR "
+        "(summarise with python -m bench.profile DIR/*.txt); figures are then perturbed",
+    )
     return parser.parse_args(argv)
 
 
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace, console: Console) -> tuple[list[Row], dict]:
     """Run the chosen scenarios; a failing scenario becomes an error row, the rest go on."""
     sizes = QUICK if args.quick else FULL
     rows: list[Row] = []
-    with Processes() as procs:
+    with Processes(args.profile) as procs:
         bench = Bench(procs, sizes)
         machine = machine_info(bench.store.url, ROOT)
         try:

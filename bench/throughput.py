@@ -17,6 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import psutil
+
 from .context import Bench
 from .fleet import Fleet, split
 from .procs import Endpoint
@@ -46,6 +48,7 @@ class Step:
     lost: int
     duplicates: int
     producer_rate: float
+    server_cpu_us: float  # server process CPU per delivered event
     errors: list[str]
 
     @property
@@ -63,6 +66,11 @@ class Step:
         if self.p99_ms >= P99_LIMIT_MS:
             return f"p99 {self.p99_ms:.1f} ms"
         return f"producer reached only {self.producer_rate:,.0f} ev/s"
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def step(
@@ -89,9 +97,11 @@ def step(
         if connected != shape.subscribers:
             raise RuntimeError(f"{connected}/{shape.subscribers} subscribers connected: {errors}")
         producers = fleet.producers(producer_specs)
+        cpu_before = cpu_seconds(server.child.pid)
         producers.start()
         produced = producers.finish(timeout=seconds * 10 + 30)
         seen = receivers.finish(timeout=max(5.0, deadline - time.time() + 5))
+        cpu_used = cpu_seconds(server.child.pid) - cpu_before
     delivery = seen["delivery"]
     return Step(
         rate=rate,
@@ -100,6 +110,7 @@ def step(
         lost=delivery.lost,
         duplicates=delivery.duplicates,
         producer_rate=produced["rate"],
+        server_cpu_us=cpu_used / max(delivery.received, 1) * 1e6,
         errors=seen["errors"],
     )
 
@@ -124,6 +135,7 @@ def describe(best: Step | None, failed: Step | None) -> tuple[dict, str]:
         "max_ev_s": round(best.rate) if best else 0,
         "deliveries_s": round(best.deliveries_s) if best else 0,
         "p99_ms": round(best.p99_ms, 2) if best else None,
+        "server_cpu_us_per_delivery": round(best.server_cpu_us, 1) if best else None,
     }
     if failed is None:
         return figures, "search ended at its last step (the ceiling is higher)"
@@ -162,6 +174,9 @@ def run(bench: Bench) -> list[Row]:
             relay_figures, relay_note = describe(relay_best, relay_failed)
             ratio = (best.deliveries_s / relay_best.deliveries_s) if best and relay_best else 0.0
             figures["vs_relay"] = round(ratio, 2)
+            if best and relay_best:
+                efficiency = relay_best.server_cpu_us / max(best.server_cpu_us, 1e-9)
+                figures["cpu_efficiency_vs_relay"] = round(efficiency, 2)
             rows.append(
                 Row(
                     "2 throughput",
