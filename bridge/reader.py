@@ -134,6 +134,8 @@ class LiveTail:
     delays events: when Redis is back it resumes exactly where it stopped.
     It starts from the stream's last id *at start-up* rather than ``$``, so no
     event stored after a subscriber read its history can slip between the two.
+    A short block (250 ms) costs an idle bridge four cheap reads a second and
+    lets it stop promptly without cancelling a Redis call.
     """
 
     def __init__(
@@ -141,7 +143,7 @@ class LiveTail:
         redis_url: str,
         prefix: str,
         publish: Callable[[list[LiveEvent]], None],
-        block_ms: int = 1000,
+        block_ms: int = 250,
         count: int = 1000,
         max_backoff: float = 2.0,
     ) -> None:
