@@ -91,8 +91,12 @@ def test_a_client_resumes_with_since_after_the_bridge_restarts(
 
 
 def run_invalid(*args: str) -> BridgeProcess:
+    """Run ``taskcast serve`` expecting it to refuse to start; never leave it running."""
     process = BridgeProcess(*args)
-    process.process.wait(15)
+    try:
+        process.process.wait(15)
+    finally:
+        process.kill()
     time.sleep(0.05)  # let the collector thread read the last line
     return process
 
