@@ -38,12 +38,12 @@ def settings_from(flags: dict[str, str | None]) -> Settings:
 
 async def run_until_signalled(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then close every connection with 1001."""
-    bridge = Bridge(settings)
-    await bridge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop.set)  # before start-up, which may wait on Redis
+    bridge = Bridge(settings)
+    await bridge.start()
     await stop.wait()
     log.info("shutting down: closing %d connection(s)", len(bridge.hub.connections))
     await bridge.stop()
