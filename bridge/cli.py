@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import click
 
+from worker_config import ConfigError
+
 from .demo import demo
 from .serve import serve
 from .terminal import COMMANDS
 
+EXIT_CONFIG = 2
 
-@click.group()
+
+class TaskcastGroup(click.Group):
+    """Reports a bad setting, met by any command, in one line naming the variable."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"taskcast {ctx.invoked_subcommand}: {exc}", err=True)
+            ctx.exit(EXIT_CONFIG)
+
+
+@click.group(cls=TaskcastGroup)
 @click.version_option(package_name="taskcast")
 def main() -> None:
     """taskcast: real-time progress streaming for Celery tasks."""

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from worker_config.settings import ConfigError, Settings, load_settings
+from worker_config.settings import Settings, load_settings
 
 from .server import Bridge
 
@@ -56,13 +56,7 @@ async def run_until_signalled(settings: Settings) -> None:
 @click.option("--prefix", help="Key prefix in Redis [TASKCAST_PREFIX, default taskcast:].")
 def serve(host: str | None, port: str | None, redis_url: str | None, prefix: str | None) -> None:
     """Stream operations from Redis to WebSocket clients (ws://HOST:PORT/ws)."""
-    try:
-        settings = settings_from(
-            {"host": host, "port": port, "redis_url": redis_url, "prefix": prefix}
-        )
-    except ConfigError as exc:
-        click.echo(f"taskcast serve: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+    settings = settings_from({"host": host, "port": port, "redis_url": redis_url, "prefix": prefix})
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import orjson
@@ -128,3 +131,16 @@ def test_a_port_in_use_is_a_one_line_error(redis_url: str) -> None:
     assert process.process.returncode == 2
     assert not any("Traceback" in line for line in process.lines)
     assert "TASKCAST_PORT" in process.lines[-1] and str(port) in process.lines[-1]
+
+
+@pytest.mark.parametrize("command", [["serve"], ["stats"], ["watch", "some-id"], ["demo"]])
+def test_a_bad_environment_variable_stops_every_command_in_one_line(command: list[str]) -> None:
+    env = dict(os.environ, TASKCAST_HISTORY_MAXLEN="abc")
+    run = subprocess.run(
+        [sys.executable, "-m", "bridge", *command], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        f"taskcast {command[0]}: TASKCAST_HISTORY_MAXLEN='abc' is invalid: "
+        "invalid literal for int() with base 10: 'abc'"
+    ]
