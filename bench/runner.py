@@ -7,6 +7,7 @@ ends normally, with an error, Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -87,10 +88,13 @@ def run(args: argparse.Namespace, console: Console) -> tuple[list[Row], dict]:
                 console.log(f"scenario {name} ...")
                 started = time.monotonic()
                 try:
-                    rows.extend(SCENARIOS[name](bench))
+                    scenario_rows = SCENARIOS[name](bench)
                 except Exception as exc:
                     console.log(traceback.format_exc())
-                    rows.append(Row(name, "error", note=f"{type(exc).__name__}: {exc}"))
+                    scenario_rows = [Row(name, "error", note=f"{type(exc).__name__}: {exc}")]
+                for row in scenario_rows:  # others' work on the same cores skews every figure
+                    row.figures["load_1m"] = round(os.getloadavg()[0], 2)
+                rows.extend(scenario_rows)
                 console.log(f"scenario {name} took {time.monotonic() - started:.1f} s")
         finally:
             bench.close()
