@@ -39,6 +39,7 @@ from .http import HttpRoutes
 from .hub import LIVE, Connection, Hub, Subscription
 from .metrics import BridgeMetrics
 from .reader import STORE_ERRORS, LiveTail, StoreReader
+from .sweeper import sweep_periodically
 
 log = logging.getLogger("taskcast.bridge")
 
@@ -92,6 +93,7 @@ class Bridge:
         self.port: int | None = None
         self._server: Server | None = None
         self._tail_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._counts: tuple[float, tuple[int, int]] | None = None
         self._handlers: dict[str, Callable[[Peer, Command], Awaitable[None]]] = {
@@ -122,6 +124,7 @@ class Bridge:
         except STORE_ERRORS as exc:
             log.warning("Redis unreachable at start-up (%s); will keep retrying", exc)
         self._tail_task = asyncio.create_task(self.tail.run())
+        self._sweep_task = asyncio.create_task(sweep_periodically(self.settings))
         try:
             self._server = await serve(
                 self._handle,
@@ -135,7 +138,7 @@ class Bridge:
                 close_timeout=CLOSE_TIMEOUT,
             )
         except BaseException:
-            await self._stop_tail()
+            await self._stop_store_tasks()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("taskcast bridge listening on %s", self.url)
@@ -150,9 +153,11 @@ class Bridge:
                 log.warning("some connections did not close in time")
         if self._background:
             await asyncio.wait(self._background, timeout=1)
-        await self._stop_tail()
+        await self._stop_store_tasks()
 
-    async def _stop_tail(self) -> None:
+    async def _stop_store_tasks(self) -> None:
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
         if self._tail_task is not None:
             await self.tail.stop(self._tail_task)
         await self.tail.close()

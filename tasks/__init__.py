@@ -41,4 +41,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tasks' has no attribute {name!r}")
+    # The app comes with its lifecycle signal handlers and the sample tasks.
+    importlib.import_module(".signals", __name__)
+    importlib.import_module(".samples", __name__)
     return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -64,6 +64,3 @@ def producer_stats() -> dict[str, int]:
 
 
 configure(load_settings())
-
-# Registering the sample tasks and connecting the signal handlers needs the app above.
-from . import samples, signals  # noqa: E402,F401

@@ -48,3 +48,24 @@ def test_sweep_only_ends_operations_held_by_a_silent_known_worker(task_app, stor
         "retrying",
         "running",
     ]
+
+
+async def test_a_bridge_ends_operations_of_a_silent_worker_for_its_subscribers(
+    redis_url, prefix, store
+) -> None:
+    from bridge_helpers import WsClient, running_bridge
+
+    from tasks.events import Event, status_data
+
+    beat(store, "gone@host", now=time.time() - 60)
+    beat(store, "alive@host")
+    for op, worker in (("held-by-gone", "gone@host"), ("held-by-alive", "alive@host")):
+        details = {"worker": worker}
+        store.append(Event("status", op, status_data("running", details=details)))
+    async with running_bridge(redis_url, prefix, heartbeat_interval=0.2) as bridge:
+        client = await WsClient.open(bridge.url)
+        await client.request("subscribe", operation_id="held-by-gone")
+        ended = await client.wait_for(lambda f: f.get("event_type") == "error", timeout=5)
+        await client.close()
+    assert ended["data"]["status"] == "lost" and "gone@host" in ended["data"]["error"]
+    assert store.snapshot("held-by-alive")["status"] == "running"

@@ -1,0 +1,43 @@
+"""The bridge's periodic sweep for operations whose worker vanished.
+
+A worker killed outright (SIGKILL, a lost machine) sends no failure; its
+heartbeats just stop. Bridges are always up while workers come and go, so
+they run :func:`tasks.sweep_lost`: an operation whose worker missed three
+beats ends as ``lost``. Several bridges sweeping at once is harmless: the
+store refuses a second terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis
+
+from tasks.heartbeat import sweep_lost
+from tasks.store import EventStore
+from worker_config import Settings
+
+log = logging.getLogger("taskcast.bridge")
+MISSED_BEATS = 3
+
+
+async def sweep_periodically(settings: Settings) -> None:
+    """Sweep every ``heartbeat_interval`` seconds until cancelled (0 turns it off)."""
+    interval = settings.heartbeat_interval
+    if interval <= 0:
+        return
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    store = EventStore(client, prefix=settings.prefix, history_ttl=settings.history_ttl)
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ended = await asyncio.to_thread(sweep_lost, store, MISSED_BEATS * interval)
+            except redis.RedisError as exc:
+                log.debug("lost-worker sweep skipped: %s", exc)
+                continue
+            if ended:
+                log.info("ended %d operation(s) of silent workers as lost", len(ended))
+    finally:
+        client.close()
