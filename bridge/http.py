@@ -63,6 +63,9 @@ def response(status: int, body: bytes, content_type: str) -> Response:
             ("Content-Length", str(len(body))),
             ("Content-Type", content_type),
             ("Cache-Control", "no-cache"),
+            # Pages on other origins import /taskcast.js as a module (a CORS fetch)
+            # and read the JSON API; nothing here is private to one origin.
+            ("Access-Control-Allow-Origin", "*"),
         ]
     )
     return Response(code.value, code.phrase, headers, body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -156,3 +157,16 @@ async def test_websocket_upgrades_on_root_and_ws_only(bridge: Bridge) -> None:
     with pytest.raises(InvalidStatus, match="404"):
         async with connect(f"ws://127.0.0.1:{bridge.port}/elsewhere"):
             pass
+
+
+async def test_pages_on_other_origins_may_import_the_client_and_read_the_api(
+    static_bridge: Bridge,
+) -> None:
+    def headers(path: str) -> dict[str, str]:
+        url = f"http://127.0.0.1:{static_bridge.port}{path}"
+        request = urllib.request.Request(url, headers={"Origin": "http://app.example"})
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return dict(reply.headers)
+
+    for path in ("/taskcast.js", "/api/operations"):
+        assert (await asyncio.to_thread(headers, path))["Access-Control-Allow-Origin"] == "*"
