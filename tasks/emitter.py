@@ -11,11 +11,12 @@ event loop never waits on Redis. Event building lives only in
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 import traceback as traceback_module
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from types import TracebackType
@@ -242,6 +243,17 @@ class Operation:
             self.fail(exc)
 
 
+def _in_thread(name: str) -> Callable[..., Awaitable[Any]]:
+    """The :class:`Emitter` method ``name`` as a coroutine that runs it in a thread."""
+    sync_method = getattr(Emitter, name)
+
+    @functools.wraps(sync_method)
+    async def method(self: AsyncEmitter, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
+
+    return method
+
+
 class AsyncEmitter:
     """The :class:`Emitter` API as coroutines; each call runs in a thread.
 
@@ -252,84 +264,16 @@ class AsyncEmitter:
     def __init__(self, producer: Producer | None = None) -> None:
         self.sync = Emitter(producer)
 
-    async def create_operation(
-        self,
-        operation_type: str,
-        metadata: dict[str, Any] | None = None,
-        operation_id: str | None = None,
-    ) -> str:
-        return await asyncio.to_thread(
-            self.sync.create_operation, operation_type, metadata, operation_id
-        )
-
-    async def emit_progress(
-        self,
-        operation_id: str,
-        progress: float | None = None,
-        message: str = "",
-        details: dict[str, Any] | None = None,
-        *,
-        current: float | None = None,
-        total: float | None = None,
-    ) -> None:
-        await asyncio.to_thread(
-            self.sync.emit_progress,
-            operation_id,
-            progress,
-            message,
-            details,
-            current=current,
-            total=total,
-        )
-
-    async def emit_status(
-        self,
-        operation_id: str,
-        status: str,
-        message: str = "",
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        await asyncio.to_thread(self.sync.emit_status, operation_id, status, message, details)
-
-    async def emit_log(self, operation_id: str, level: str, message: str) -> None:
-        await asyncio.to_thread(self.sync.emit_log, operation_id, level, message)
-
-    async def emit_result(self, operation_id: str, result: Any) -> None:
-        await asyncio.to_thread(self.sync.emit_result, operation_id, result)
-
-    async def emit_completed(self, operation_id: str, duration: float | None = None) -> None:
-        await asyncio.to_thread(self.sync.emit_completed, operation_id, duration)
-
-    async def emit_error(
-        self,
-        operation_id: str,
-        error: str,
-        error_type: str = "Error",
-        status: str = "failed",
-        traceback: str | None = None,
-    ) -> None:
-        await asyncio.to_thread(
-            self.sync.emit_error, operation_id, error, error_type, status, traceback
-        )
-
-    async def emit_running(
-        self,
-        operation_id: str,
-        operation_type: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        worker: str | None = None,
-    ) -> None:
-        await asyncio.to_thread(
-            self.sync.emit_running, operation_id, operation_type, metadata, worker
-        )
-
-    async def finish(
-        self, operation_id: str, result: Any = None, duration: float | None = None
-    ) -> None:
-        await asyncio.to_thread(self.sync.finish, operation_id, result, duration)
-
-    async def emit_exception(self, operation_id: str, exc: BaseException) -> None:
-        await asyncio.to_thread(self.sync.emit_exception, operation_id, exc)
+    create_operation = _in_thread("create_operation")
+    emit_running = _in_thread("emit_running")
+    emit_progress = _in_thread("emit_progress")
+    emit_status = _in_thread("emit_status")
+    emit_log = _in_thread("emit_log")
+    emit_result = _in_thread("emit_result")
+    emit_completed = _in_thread("emit_completed")
+    emit_error = _in_thread("emit_error")
+    emit_exception = _in_thread("emit_exception")
+    finish = _in_thread("finish")
 
     def operation(
         self,
