@@ -7,6 +7,8 @@
   same request_id) and ``wait_for()``/``wait_events()`` (poll with a deadline).
 - :class:`BridgeProcess`: ``python -m bridge serve --port 0`` as a subprocess,
   its port read from the ``listening on`` log line, for restart and signal tests.
+- :class:`RestartableBridge`: ``taskcast serve`` on a fixed port, stopped or
+  killed and started again in its place (clients must resume across it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from bridge.embedded_redis import free_port
 from bridge.server import Bridge
 from worker_config.settings import load_settings
 
@@ -206,3 +209,24 @@ class BridgeProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+class RestartableBridge:
+    """``taskcast serve`` on a fixed port: stopped or killed, then started again in its place."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.port = free_port()
+        self.process: BridgeProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self) -> None:
+        self.process = BridgeProcess("--port", str(self.port), env=self.env)
+        self.process.wait_listening()
+
+    def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is not None:
+            self.process.stop(signum)

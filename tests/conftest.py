@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from bridge_helpers import WsClient, running_bridge
+from bridge_helpers import RestartableBridge, WsClient, running_bridge
 from celery import Celery
 from helpers import TaskRun, WorkerProcess, events_of, wait_finished, worker_env
 
@@ -162,3 +163,13 @@ async def ws_client(bridge: Bridge) -> AsyncIterator[Callable[..., Awaitable[WsC
     yield open_client
     for client in opened:
         await client.close()
+
+
+@pytest.fixture
+def restartable_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
+    """A started ``taskcast serve`` subprocess on this test's store; ``.env`` is the
+    environment a ``taskcast`` or worker command needs to join it."""
+    bridge = RestartableBridge(worker_env(replace(task_settings, prefix=prefix)))
+    bridge.start()
+    yield bridge
+    bridge.stop(signal.SIGKILL)

@@ -4,43 +4,20 @@ a real Celery worker and a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from bridge_helpers import RestartableBridge
 from celery import Celery
+from helpers import ROOT_DIR, events_of, wait_finished
 
 from bridge.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
 from bridge.embedded_redis import free_port
 from tasks.store import EventStore
-from tests.bridge_helpers import BridgeProcess
-from tests.helpers import ROOT_DIR, events_of, wait_finished, worker_env
-from worker_config import Settings
-
-
-@pytest.fixture
-def bridge_process(redis_url: str, prefix: str) -> Iterator[Callable[..., BridgeProcess]]:
-    """``bridge_process(port=0)``: ``taskcast serve`` subprocesses on this test's store."""
-    started: list[BridgeProcess] = []
-
-    def start(port: int = 0) -> BridgeProcess:
-        process = BridgeProcess("--port", str(port), "--redis-url", redis_url, "--prefix", prefix)
-        started.append(process)
-        process.wait_listening()
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-
-
-@pytest.fixture
-def cli_env(task_settings: Settings, prefix: str) -> dict[str, str]:
-    """Environment of a ``taskcast`` command using this test's Redis, broker and prefix."""
-    return worker_env(replace(task_settings, prefix=prefix))
 
 
 def taskcast(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -58,9 +35,9 @@ def seqs(events: list[dict[str, Any]]) -> list[int]:
 
 
 async def test_watch_yields_every_event_once_and_ends_after_the_terminal_one(
-    task_app: Celery, store: EventStore, bridge_process: Callable[..., BridgeProcess]
+    task_app: Celery, store: EventStore, restartable_bridge: RestartableBridge
 ) -> None:
-    bridge = bridge_process()
+    bridge = restartable_bridge
     result = task_app.send_task("demo.web_search", kwargs={"queries": 4, "delay": 0.05})
     async with TaskcastClient(bridge.url) as client:
         events = [event async for event in client.watch(result.id)]
@@ -74,9 +51,9 @@ async def test_watch_yields_every_event_once_and_ends_after_the_terminal_one(
 
 
 async def test_watch_resumes_across_a_bridge_restart_without_gap_or_duplicate(
-    task_app: Celery, store: EventStore, bridge_process: Callable[..., BridgeProcess]
+    task_app: Celery, store: EventStore, restartable_bridge: RestartableBridge
 ) -> None:
-    first = bridge_process()
+    first = restartable_bridge
     result = task_app.send_task("demo.orchestrate", kwargs={"steps": 6, "delay": 0.3})
     received: list[dict[str, Any]] = []
     async with TaskcastClient(first.url) as client:
@@ -86,7 +63,7 @@ async def test_watch_resumes_across_a_bridge_restart_without_gap_or_duplicate(
             if event["event_type"] == "progress":
                 break
         await asyncio.to_thread(first.stop)
-        bridge_process(first.port)
+        await asyncio.to_thread(first.start)
         received.extend(
             [event async for event in client.watch(result.id, since=received[-1]["seq"])]
         )
@@ -96,11 +73,11 @@ async def test_watch_resumes_across_a_bridge_restart_without_gap_or_duplicate(
 
 
 def test_sync_client_for_scripts(
-    run_task: Callable[..., Any], bridge_process: Callable[..., BridgeProcess]
+    run_task: Callable[..., Any], restartable_bridge: RestartableBridge
 ) -> None:
     done = run_task("demo.generate_code", {"lines": 3})
     failed = run_task("demo.flaky", {"steps": 4, "fail_at": 0.5})
-    with SyncClient(bridge_process().url) as client:
+    with SyncClient(restartable_bridge.url) as client:
         assert [e["seq"] for e in client.watch(done.id)] == seqs(done.events)
         assert client.get_operation(failed.id)["status"] == "failed"
         finished = {op["operation_id"] for op in client.list_operations("finished")}
@@ -108,12 +85,12 @@ def test_sync_client_for_scripts(
         assert client.get_stats()["connected_clients"] >= 1
 
 
-def test_clients_report_an_absent_bridge_in_one_line(cli_env: dict[str, str]) -> None:
+def test_clients_report_an_absent_bridge_in_one_line() -> None:
     url = f"ws://127.0.0.1:{free_port()}/ws"
     with pytest.raises(BridgeUnavailable):
         SyncClient(url)
     for command in (["watch", "some-id"], ["stats"], ["monitor", "--duration", "1"]):
-        run = taskcast(*command, "--url", url, env=cli_env)
+        run = taskcast(*command, "--url", url, env=dict(os.environ))
         assert run.returncode == 3, run.stderr
         assert run.stderr.startswith("taskcast: cannot reach the taskcast bridge at")
         assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
@@ -121,16 +98,15 @@ def test_clients_report_an_absent_bridge_in_one_line(cli_env: dict[str, str]) ->
 
 def test_watch_command_exit_codes(
     run_task: Callable[..., Any],
-    bridge_process: Callable[..., BridgeProcess],
-    cli_env: dict[str, str],
+    restartable_bridge: RestartableBridge,
 ) -> None:
-    url = bridge_process().url
+    url = restartable_bridge.url
     done = run_task("demo.web_search", {"queries": 2})
     failed = run_task("demo.flaky", {"steps": 4, "fail_at": 0.5})
-    ok = taskcast("watch", done.id, "--url", url, env=cli_env)
+    ok = taskcast("watch", done.id, "--url", url, env=restartable_bridge.env)
     assert ok.returncode == 0, ok.stderr
     assert "completed" in ok.stdout and "Query 2: 3 results" in ok.stdout
-    bad = taskcast("watch", failed.id, "--url", url, env=cli_env)
+    bad = taskcast("watch", failed.id, "--url", url, env=restartable_bridge.env)
     assert bad.returncode == 1
     assert "failed" in bad.stdout and "CodeValidationError" in bad.stdout
 
@@ -138,10 +114,9 @@ def test_watch_command_exit_codes(
 def test_submit_with_watch_follows_the_task_to_completion(
     task_app: Celery,
     store: EventStore,
-    bridge_process: Callable[..., BridgeProcess],
-    cli_env: dict[str, str],
+    restartable_bridge: RestartableBridge,
 ) -> None:
-    url = bridge_process().url
+    url = restartable_bridge.url
     run = taskcast(
         "submit",
         "demo.generate_code",
@@ -152,7 +127,7 @@ def test_submit_with_watch_follows_the_task_to_completion(
         "--watch",
         "--url",
         url,
-        env=cli_env,
+        env=restartable_bridge.env,
     )
     assert run.returncode == 0, run.stderr
     operation_id = run.stdout.strip().splitlines()[0]
@@ -160,20 +135,19 @@ def test_submit_with_watch_follows_the_task_to_completion(
     assert "completed" in run.stderr
     queued = events_of(store, operation_id)[0]
     assert queued["data"]["status"] == "queued"
-    bad = taskcast("submit", "demo.generate_code", "--arg", "novalue", env=cli_env)
+    bad = taskcast("submit", "demo.generate_code", "--arg", "novalue", env=restartable_bridge.env)
     assert bad.returncode == 2 and "key=value" in bad.stderr
 
 
 def test_monitor_and_stats_commands(
     task_app: Celery,
     store: EventStore,
-    bridge_process: Callable[..., BridgeProcess],
-    cli_env: dict[str, str],
+    restartable_bridge: RestartableBridge,
 ) -> None:
-    url = bridge_process().url
+    url = restartable_bridge.url
     monitor = subprocess.Popen(
         [sys.executable, "-m", "bridge", "monitor", "--url", url, "--duration", "6"],
-        env=cli_env,
+        env=restartable_bridge.env,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -189,16 +163,17 @@ def test_monitor_and_stats_commands(
     monitor.kill()
     monitor.wait()
     assert any(result.id in line and "100.0%" in line for line in lines)
-    stats = taskcast("stats", "--json", "--url", url, env=cli_env)
+    stats = taskcast("stats", "--json", "--url", url, env=restartable_bridge.env)
     assert stats.returncode == 0 and '"connected_clients"' in stats.stdout
 
 
 def test_example_python_client_modes(
     run_task: Callable[..., Any],
-    bridge_process: Callable[..., BridgeProcess],
-    cli_env: dict[str, str],
+    restartable_bridge: RestartableBridge,
 ) -> None:
-    env = dict(cli_env, TASKCAST_URL=bridge_process().url, PYTHONPATH=str(ROOT_DIR))
+    env = dict(
+        restartable_bridge.env, TASKCAST_URL=restartable_bridge.url, PYTHONPATH=str(ROOT_DIR)
+    )
     example = [sys.executable, str(ROOT_DIR / "examples" / "websocket_client_python.py")]
     done = run_task("demo.generate_code", {"lines": 2})
     streamed = subprocess.run([*example, done.id], env=env, capture_output=True, text=True)

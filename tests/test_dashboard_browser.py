@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
+from bridge_helpers import RestartableBridge
 from celery import Celery
-from helpers import ROOT_DIR, events_of, wait_finished, worker_env
+from helpers import ROOT_DIR, events_of, wait_finished
 from playwright.sync_api import Browser, Page, sync_playwright
 from system_packages import ensure_binary
-from test_js_client import RestartableBridge
 
 from tasks.store import EventStore
-from worker_config import Settings
 
 ARTIFACTS = ROOT_DIR / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -84,15 +82,6 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-@pytest.fixture
-def dashboard(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
-    """``taskcast serve`` on this test's prefix, on a port it can be restarted on."""
-    bridge = RestartableBridge(worker_env(replace(task_settings, prefix=prefix)))
-    bridge.start()
-    yield bridge
-    bridge.stop(signal.SIGKILL)
-
-
 def page_url(bridge: RestartableBridge, operation_id: str | None = None) -> str:
     query = f"?operation={operation_id}" if operation_id else ""
     return f"http://127.0.0.1:{bridge.port}/{query}"
@@ -127,9 +116,9 @@ def screenshot(page: Page, name: str) -> None:
 
 
 def test_task_progress_shows_live_then_detail_log_matches_redis(
-    page: Page, dashboard: RestartableBridge, task_app: Celery, store: EventStore
+    page: Page, restartable_bridge: RestartableBridge, task_app: Celery, store: EventStore
 ) -> None:
-    page.goto(page_url(dashboard))
+    page.goto(page_url(restartable_bridge))
     wait_state(page, "#connection[data-state=open]")
 
     result = task_app.send_task("demo.generate_code", kwargs={"lines": 10, "delay": 0.12})
@@ -143,11 +132,11 @@ def test_task_progress_shows_live_then_detail_log_matches_redis(
     assert page.get_attribute(f"{row} [data-testid=operation-progress]", "aria-valuenow") == "100"
     assert page.text_content(f"{row} [data-testid=operation-status]") == "completed"
     assert page.text_content(f"{row} [data-testid=operation-message]")
-    screenshot(page, "dashboard.png")
+    screenshot(page, "restartable_bridge.png")
 
     wait_finished(store, result.id)
     events = stored(store, result.id)
-    page.goto(page_url(dashboard, result.id))
+    page.goto(page_url(restartable_bridge, result.id))
     wait_state(page, f"#detail[data-operation-id='{result.id}'][data-status=completed]")
     wait_state(page, f"[data-testid=log-entry][data-seq='{len(events)}']")
     assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
@@ -159,20 +148,20 @@ def test_task_progress_shows_live_then_detail_log_matches_redis(
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_page_reconnects_after_bridge_restart_and_shows_every_event_once(
     page: Page,
-    dashboard: RestartableBridge,
+    restartable_bridge: RestartableBridge,
     task_app: Celery,
     store: EventStore,
     signum: signal.Signals,
 ) -> None:
     result = task_app.send_task("demo.generate_code", kwargs={"lines": 25, "delay": 0.12})
-    page.goto(page_url(dashboard, result.id))
+    page.goto(page_url(restartable_bridge, result.id))
     wait_state(page, "#connection[data-state=open]")
     wait_state(page, "#detail[data-status=processing]:not([data-progress='0'])")
 
-    dashboard.stop(signum)
+    restartable_bridge.stop(signum)
     seq_at_stop = store.snapshot(result.id)["last_seq"]
     wait_state(page, "#connection:not([data-state=open])")
-    dashboard.start()
+    restartable_bridge.start()
     assert store.snapshot(result.id)["last_seq"] > seq_at_stop, "no event while the bridge was down"
 
     wait_state(page, "#connection[data-state=open]")

@@ -11,10 +11,10 @@ import threading
 import time
 
 import psutil
+from bridge_helpers import WsClient
+from helpers import wait_for
 
 from bridge.embedded_redis import free_port
-from tests.bridge_helpers import WsClient
-from tests.helpers import wait_for
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.system_packages import ensure_binary
+from system_packages import ensure_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 

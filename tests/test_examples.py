@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 from celery import Celery
+from helpers import ROOT_DIR, wait_finished
 
 from tasks.store import EventStore
-from tests.helpers import ROOT_DIR, wait_finished
 
 
 @pytest.fixture

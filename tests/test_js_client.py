@@ -15,20 +15,16 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-from bridge_helpers import BridgeProcess
-from helpers import ROOT_DIR, TESTS_DIR, worker_env
+from bridge_helpers import RestartableBridge
+from helpers import ROOT_DIR, TESTS_DIR
 
-from bridge.embedded_redis import free_port
 from tasks.events import Event, log_data
 from tasks.store import EventStore
-from worker_config import Settings
 
 NODE = shutil.which("node")
 JS_TESTS = TESTS_DIR / "js"
@@ -54,23 +50,6 @@ def run_node_tests(test_file: Path, env: dict[str, str] | None = None) -> None:
 
 def test_js_client_logic() -> None:
     run_node_tests(JS_TESTS / "taskcast_logic.test.mjs")
-
-
-class RestartableBridge:
-    """``taskcast serve`` on a fixed port: stopped or killed, then started again in its place."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.port = free_port()
-        self.process: BridgeProcess | None = None
-
-    def start(self) -> None:
-        self.process = BridgeProcess("--port", str(self.port), env=self.env)
-        self.process.wait_listening()
-
-    def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
-        if self.process is not None:
-            self.process.stop(signum)
 
 
 class ControlServer(ThreadingHTTPServer):
@@ -121,14 +100,6 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the Node test reports what went wrong."""
-
-
-@pytest.fixture
-def restartable_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
-    bridge = RestartableBridge(worker_env(replace(task_settings, prefix=prefix)))
-    bridge.start()
-    yield bridge
-    bridge.stop()
 
 
 def test_js_client_reconnects_and_resumes_against_real_bridge(
