@@ -164,13 +164,15 @@ def _run(
                 "celery",
                 "-A",
                 "tasks",
+                "--quiet",
                 "worker",
-                "--loglevel=WARNING",
+                "--loglevel=CRITICAL",  # the dashboard shows task failures
                 "--concurrency=4",
                 "-n",
                 f"demo{number}@%h",
             ],
-            env,
+            dict(env, PYTHONWARNINGS="ignore::UserWarning"),  # Celery's run-as-root warning
+            stop_signal=signal.SIGQUIT,  # cold shutdown: do not wait for running tasks
         )
     tree.start("bridge", [sys.executable, "-m", "bridge", "serve", "--port", str(port)], env)
     wait_http(f"http://{host}:{port}/healthz", 20, tree)
