@@ -84,7 +84,9 @@ class Event:
             status = data.get("status")
             overwrite["status"] = dumps(status)
             if status in REOPENING_STATUSES:
-                overwrite.update(finished_at=b"null", result=b"null", error=b"null")
+                overwrite.update(
+                    finished_at=b"null", result=b"null", error=b"null", error_type=b"null"
+                )
             if status == "queued":
                 overwrite["progress"] = b"0.0"
             elif status == "running":

@@ -69,6 +69,7 @@ SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "worker": None,
     "result": None,
     "error": None,
+    "error_type": None,
 }
 
 

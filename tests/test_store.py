@@ -62,12 +62,15 @@ def test_nothing_is_stored_after_a_terminal_event_until_the_task_runs_again(
     store: EventStore,
 ) -> None:
     store.append(status("op", "running"))
+    assert store.snapshot("op")["error_type"] is None
     store.append(Event("error", "op", error_data("boom", "ValueError")))
     assert store.append(Event("progress", "op", progress_data(0.9))) == 0
-    assert store.snapshot("op")["status"] == "failed"
+    snap = store.snapshot("op")
+    assert snap["status"] == "failed" and snap["error_type"] == "ValueError"
     assert store.append(status("op", "running")) == 3
     snap = store.snapshot("op")
-    assert snap["status"] == "running" and snap["error"] is None and snap["finished_at"] is None
+    assert snap["status"] == "running" and snap["finished_at"] is None
+    assert snap["error"] is None and snap["error_type"] is None
 
 
 def test_concurrent_appends_never_share_or_skip_a_seq(redis_client, prefix) -> None:
