@@ -268,12 +268,18 @@ class TaskcastClient:
         deadline = loop.time() + self.max_reconnect_time
         for attempt in itertools.count():
             await asyncio.sleep(backoff_delay(attempt))
+            if self._closing:
+                return False
             try:
                 await self._open()
                 break
             except BridgeUnavailable:
                 if loop.time() > deadline or self._closing:
                     return False
+        if self._closing:  # close() came during the handshake: it could not see this socket
+            assert self._ws is not None
+            await self._ws.close()
+            return False
         asyncio.create_task(self._resume())
         return True
 

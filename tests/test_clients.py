@@ -15,6 +15,8 @@ from bridge_helpers import RestartableBridge
 from celery import Celery
 from helpers import ROOT_DIR, events_of, wait_finished
 
+import bridge.client as client_module
+from bridge import Bridge
 from bridge.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
 from bridge.embedded_redis import free_port
 from tasks.store import EventStore
@@ -70,6 +72,19 @@ async def test_watch_resumes_across_a_bridge_restart_without_gap_or_duplicate(
     wait_finished(store, result.id)
     assert seqs(received) == list(range(1, len(events_of(store, result.id)) + 1))
     assert received[-1]["event_type"] == "completed"
+
+
+async def test_close_while_waiting_to_reconnect_returns_and_leaves_no_connection(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "backoff_delay", lambda attempt: 0.3)
+    client = await TaskcastClient(bridge.url).connect()
+    peer = next(iter(bridge.hub.connections.values()))
+    await peer.ws.close(1012, "service restart")
+    await asyncio.sleep(0.1)  # the client now waits 0.3 s before reconnecting
+    await asyncio.wait_for(client.close(), timeout=3)
+    await asyncio.sleep(0.5)  # past the moment it would have reconnected
+    assert bridge.hub.connections == {}
 
 
 def test_sync_client_for_scripts(
