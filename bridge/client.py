@@ -152,9 +152,9 @@ class TaskcastClient:
     async def watch(self, operation_id: str, since: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Every event of the operation after ``since``, ending after its terminal event.
 
-        If the bridge no longer has the terminal event (history expired) but the
-        snapshot shows the operation finished, the iterator ends after the replay;
-        :meth:`snapshot` then tells how it ended.
+        If the operation already finished and no event follows ``since`` (the
+        history expired, or ``since`` is its last seq), the iterator ends after
+        the reply; :meth:`get_operation` then tells how it ended.
         """
         sub = self._subs.setdefault(operation_id, _Subscription())
         sub.last_seq = max(sub.last_seq, since)
@@ -207,12 +207,10 @@ class TaskcastClient:
             fields["since"] = sub.last_seq
         reply = await self.request("subscribe", **fields)
         sub.snapshot = reply.get("operation")
+        # Finished with nothing replayed: the terminal event is either expired or
+        # one the caller already had (its since is the last seq); none will come.
         snapshot = sub.snapshot or {}
-        if (
-            not reply.get("recovered", True)
-            and snapshot.get("status") in FINISHED_STATUSES
-            and reply.get("replayed", 0) == 0
-        ):
+        if snapshot.get("status") in FINISHED_STATUSES and reply.get("replayed", 0) == 0:
             sub.queue.put_nowait(None)
 
     async def _subscribe_all(self) -> None:

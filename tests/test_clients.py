@@ -19,6 +19,7 @@ import bridge.client as client_module
 from bridge import Bridge
 from bridge.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
 from bridge.embedded_redis import free_port
+from tasks.events import Event, status_data
 from tasks.store import EventStore
 
 
@@ -85,6 +86,16 @@ async def test_close_while_waiting_to_reconnect_returns_and_leaves_no_connection
     await asyncio.wait_for(client.close(), timeout=3)
     await asyncio.sleep(0.5)  # past the moment it would have reconnected
     assert bridge.hub.connections == {}
+
+
+async def test_watch_of_a_finished_operation_from_its_last_seq_ends_at_once(
+    bridge: Bridge, store: EventStore
+) -> None:
+    store.append(Event("status", "done", status_data("running")))
+    store.append(Event("completed", "done", {"status": "completed", "duration": 0.1}))
+    async with TaskcastClient(bridge.url) as client:
+        watched = client.watch("done", since=2)
+        assert await asyncio.wait_for(anext(watched, None), timeout=3) is None
 
 
 def test_sync_client_for_scripts(
