@@ -105,10 +105,14 @@ class StoreReader:
         return found[:limit]
 
     async def operation_counts(self) -> tuple[int, int]:
-        """``(active, total)`` operations in the index, for ``get_stats``."""
-        total = int(await self.client.zcard(self.keys.index))
-        active, start = 0, 0
-        while start < total:
+        """``(active, total)`` stored operations, for ``get_stats``.
+
+        Index entries whose snapshot expired are not counted: ``get_operation``
+        would call them not found.
+        """
+        indexed = int(await self.client.zcard(self.keys.index))
+        active = total = start = 0
+        while start < indexed:
             ids = await self.client.zrevrange(self.keys.index, start, start + _SCAN_PAGE - 1)
             if not ids:
                 break
@@ -117,11 +121,12 @@ class StoreReader:
                     pipe.hmget(self.keys.snapshot(op_id.decode()), "status", "last_seq")
                 rows = await pipe.execute()
             # A missing last_seq means the snapshot expired; a missing status means queued.
+            stored = [status for status, last_seq in rows if last_seq is not None]
+            total += len(stored)
             active += sum(
                 1
-                for status, last_seq in rows
-                if last_seq is not None
-                and (status is None or orjson.loads(status) not in FINISHED_STATUSES)
+                for status in stored
+                if status is None or orjson.loads(status) not in FINISHED_STATUSES
             )
             start += _SCAN_PAGE
         return active, total
