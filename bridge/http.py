@@ -120,6 +120,10 @@ class HttpRoutes:
             return await self._operations(query)
         if path.startswith(_OPERATION_PREFIX):
             return await self._operation(unquote(path[len(_OPERATION_PREFIX) :]))
+        if path == "/ws":
+            upgrade = error_response(426, BAD_REQUEST, "/ws is the WebSocket endpoint")
+            upgrade.headers["Upgrade"] = "websocket"
+            return upgrade
         if path == "/":
             return self._static("index.html")
         if path == "/taskcast.js":

@@ -157,6 +157,8 @@ async def test_websocket_upgrades_on_root_and_ws_only(bridge: Bridge) -> None:
     with pytest.raises(InvalidStatus, match="404"):
         async with connect(f"ws://127.0.0.1:{bridge.port}/elsewhere"):
             pass
+    status, _, body = await get(bridge, "/ws")  # the endpoint exists; it needs an upgrade
+    assert status == 426 and orjson.loads(body)["code"] == "bad_request"
 
 
 async def test_pages_on_other_origins_may_import_the_client_and_read_the_api(
