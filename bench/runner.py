@@ -103,10 +103,15 @@ def run(args: argparse.Namespace, console: Console) -> tuple[list[Row], dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job ignores it
+        signal.signal(signum, _terminate)
     raise_nofile_limit()
     console = Console()
-    rows, machine = run(args, console)
+    try:
+        rows, machine = run(args, console)
+    except KeyboardInterrupt:
+        console.log("interrupted; every process the run started has been stopped")
+        return 130
     print_table(rows, console)
     json_path, md_path = output_paths(args)
     json_path.parent.mkdir(parents=True, exist_ok=True)
