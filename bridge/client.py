@@ -23,6 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tasks.events import FINISHED_STATUSES, TERMINAL_EVENT_TYPES
 
+from .commands import UNAVAILABLE
+
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 # PROTOCOL.md: reconnect after these close codes (and 4000-4499), not after others.
 RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
@@ -282,13 +284,24 @@ class TaskcastClient:
         return True
 
     async def _resume(self) -> None:
-        try:
-            for operation_id, sub in list(self._subs.items()):
-                await self._subscribe(operation_id, sub)
-            if self._monitor is not None:
-                await self._subscribe_all()
-        except (CommandError, ConnectionError, ConnectionClosed):
-            pass  # the read loop sees the connection drop and resumes again
+        """Resubscribe everything after a reconnect.
+
+        ``unavailable`` (the bridge cannot reach Redis yet) is transient: retry
+        with back-off, or the watches would wait for events that never come.
+        """
+        for attempt in itertools.count():
+            try:
+                for operation_id, sub in list(self._subs.items()):
+                    await self._subscribe(operation_id, sub)
+                if self._monitor is not None:
+                    await self._subscribe_all()
+                return
+            except CommandError as exc:
+                if exc.code != UNAVAILABLE:
+                    return
+            except (ConnectionError, ConnectionClosed):
+                return  # the read loop sees the connection drop and resumes again
+            await asyncio.sleep(backoff_delay(attempt))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         if "event_type" not in message:

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from bridge_helpers import RestartableBridge
+import redis
+from bridge_helpers import RestartableBridge, eventually, running_bridge
 from celery import Celery
 from helpers import ROOT_DIR, events_of, wait_finished
 
 import bridge.client as client_module
 from bridge import Bridge
 from bridge.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
-from bridge.embedded_redis import free_port
+from bridge.embedded_redis import EmbeddedRedis, free_port
 from tasks.events import Event, status_data
 from tasks.store import EventStore
 
@@ -96,6 +97,29 @@ async def test_watch_of_a_finished_operation_from_its_last_seq_ends_at_once(
     async with TaskcastClient(bridge.url) as client:
         watched = client.watch("done", since=2)
         assert await asyncio.wait_for(anext(watched, None), timeout=3) is None
+
+
+async def test_watch_resubscribes_once_the_store_is_back_when_a_resume_found_it_down(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "backoff_delay", lambda attempt: 0.1)
+    with EmbeddedRedis() as server:
+        store = EventStore(redis.Redis.from_url(server.url), prefix=prefix)
+        async with (
+            running_bridge(server.url, prefix) as bridge,
+            TaskcastClient(bridge.url) as client,
+        ):
+            first = asyncio.ensure_future(anext(client.watch("op")))
+            await eventually(lambda: bridge.hub.subscription_count == 1)
+            server.stop()
+            old = next(iter(bridge.hub.connections.values()))
+            await old.ws.close(1012, "service restart")
+            # The client reconnects at once; its resubscribe is refused as unavailable.
+            await eventually(lambda: bridge.hub.connections.keys() - {old.client_id})
+            await asyncio.sleep(0.3)
+            server.start()
+            await asyncio.to_thread(store.append, Event("status", "op", status_data("queued")))
+            assert (await asyncio.wait_for(first, timeout=10))["seq"] == 1
 
 
 def test_sync_client_for_scripts(
