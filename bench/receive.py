@@ -121,11 +121,7 @@ class _Receiver:
         if message["event_type"] in TERMINAL_EVENT_TYPES:
             conn.ended.add(message["operation_id"])
         if message["event_type"] in self.spec.latency_types:
-            now = time.time()
-            self.delivery.histogram.record(now - message["timestamp"])
-            self.delivery.last_at = now
-            if not self.delivery.first_at:
-                self.delivery.first_at = now
+            self.delivery.histogram.record(time.time() - message["timestamp"])
 
     async def run_connection(self, conn: _Conn) -> None:
         try:

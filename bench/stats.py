@@ -124,15 +124,10 @@ class Delivery:
     received: int = 0
     lost: int = 0
     duplicates: int = 0
-    first_at: float = 0.0
-    last_at: float = 0.0
 
     def merge(self, other: Delivery) -> Delivery:
         self.histogram.merge(other.histogram)
         self.received += other.received
         self.lost += other.lost
         self.duplicates += other.duplicates
-        starts = [t for t in (self.first_at, other.first_at) if t]
-        self.first_at = min(starts) if starts else 0.0
-        self.last_at = max(self.last_at, other.last_at)
         return self

@@ -146,7 +146,8 @@ def describe(best: Step | None, failed: Step | None) -> tuple[dict, str]:
     }
     if failed is None:
         return figures, "search ended at its last step (the ceiling is higher)"
-    return figures, f"next step {failed.rate:,.0f} ev/s failed: {failed.why_not()}"
+    errors = f" ({'; '.join(failed.errors[:2])})" if failed.errors else ""
+    return figures, f"next step {failed.rate:,.0f} ev/s failed: {failed.why_not()}{errors}"
 
 
 def run(bench: Bench) -> list[Row]:

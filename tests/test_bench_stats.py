@@ -60,12 +60,13 @@ def test_seq_tracker_counts_gaps_duplicates_and_missing_tail() -> None:
     assert tracker.complete({"a": 6, "b": 1})
 
 
-def test_delivery_merge_adds_counts_and_widens_the_window() -> None:
-    first = Delivery(received=3, lost=1, first_at=10.0, last_at=11.0)
-    second = Delivery(received=2, duplicates=1, first_at=9.5, last_at=12.0)
+def test_delivery_merge_adds_counts_and_latencies() -> None:
+    first, second = Delivery(received=3, lost=1), Delivery(received=2, duplicates=1)
+    first.histogram.record(0.001)
+    second.histogram.record(0.003)
     total = Delivery().merge(first).merge(second)
     assert (total.received, total.lost, total.duplicates) == (5, 1, 1)
-    assert (total.first_at, total.last_at) == (9.5, 12.0)
+    assert total.histogram.count == 2 and total.histogram.max_us == 3000
 
 
 def test_schedule_paces_events_evenly() -> None:
