@@ -53,11 +53,23 @@ def backoff_delay(attempt: int, base: float = 0.25, cap: float = 10.0) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
+# An iterator's queue: events, then None (the end) or the error that ended it.
+_Queue = asyncio.Queue[dict[str, Any] | BridgeUnavailable | None]
+
+
+async def _next_event(queue: _Queue) -> dict[str, Any] | None:
+    """The next event, None at the end; raises if the bridge went away for good."""
+    item = await queue.get()
+    if isinstance(item, BridgeUnavailable):
+        raise item
+    return item
+
+
 class _Subscription:
     """Events of one operation waiting for their consumer, and where it has got to."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.queue: _Queue = asyncio.Queue()
         self.last_seq = 0
         self.snapshot: dict[str, Any] | None = None
 
@@ -88,7 +100,7 @@ class TaskcastClient:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._subs: dict[str, _Subscription] = {}
-        self._monitor: asyncio.Queue[dict[str, Any] | None] | None = None
+        self._monitor: _Queue | None = None
         self._monitor_type: str | None = None
         self._closing = False
         self._connected = asyncio.Event()
@@ -156,7 +168,10 @@ class TaskcastClient:
 
         If the operation already finished and no event follows ``since`` (the
         history expired, or ``since`` is its last seq), the iterator ends after
-        the reply; :meth:`get_operation` then tells how it ended.
+        the reply; :meth:`get_operation` then tells how it ended. Raises
+        :class:`BridgeUnavailable` if the bridge goes away for good (a close
+        code that forbids reconnecting, or no bridge within
+        ``max_reconnect_time``), so that is never mistaken for the end.
         """
         sub = self._subs.setdefault(operation_id, _Subscription())
         sub.last_seq = max(sub.last_seq, since)
@@ -167,7 +182,7 @@ class TaskcastClient:
                 if self._closing:
                     raise  # otherwise the reconnect resubscribes everything in _subs
             while True:
-                event = await sub.queue.get()
+                event = await _next_event(sub.queue)
                 if event is None:
                     return
                 yield event
@@ -196,7 +211,7 @@ class TaskcastClient:
 
     async def _monitor_events(self) -> AsyncIterator[dict[str, Any]]:
         try:
-            while self._monitor is not None and (event := await self._monitor.get()) is not None:
+            while self._monitor is not None and (event := await _next_event(self._monitor)):
                 yield event
         finally:
             self._monitor = None
@@ -244,6 +259,7 @@ class TaskcastClient:
             raise BridgeUnavailable("the client is closed")
 
     async def _read_loop(self) -> None:
+        lost: BridgeUnavailable | None = None  # None: the caller closed the client
         while True:
             assert self._ws is not None
             try:
@@ -254,13 +270,20 @@ class TaskcastClient:
             self._connected.clear()
             self._fail_pending(BridgeUnavailable("connection to the bridge lost"))
             code = self._ws.close_code
-            if self._closing or not self.reconnect or not should_reconnect(code):
+            if self._closing:
+                break
+            if not self.reconnect or not should_reconnect(code):
+                lost = BridgeUnavailable(f"the bridge closed the connection (code {code})")
                 break
             if not await self._reopen():
+                lost = BridgeUnavailable(
+                    f"the bridge at {self.url} did not come back within "
+                    f"{self.max_reconnect_time:.0f}s"
+                )
                 break
         self._closing = True
         self._connected.set()
-        self._finish_iterators()
+        self._finish_iterators(lost)
 
     async def _reopen(self) -> bool:
         """Reconnect with back-off and resume every subscription; False if it gave up."""
@@ -320,11 +343,12 @@ class TaskcastClient:
             if not future.done():
                 future.set_exception(error)
 
-    def _finish_iterators(self) -> None:
+    def _finish_iterators(self, error: BridgeUnavailable | None = None) -> None:
+        """End every iterator: quietly after close(), with ``error`` when the bridge is gone."""
         for sub in self._subs.values():
-            sub.queue.put_nowait(None)
+            sub.queue.put_nowait(error)
         if self._monitor is not None:
-            self._monitor.put_nowait(None)
+            self._monitor.put_nowait(error)
 
 
 class SyncClient:

@@ -241,3 +241,18 @@ def test_example_python_client_modes(
     )
     assert '"pong"' in session.stdout and '"completed"' in session.stdout
     assert "not a command" in session.stdout
+
+
+async def test_watch_raises_when_the_bridge_does_not_come_back(
+    task_app: Celery, restartable_bridge: RestartableBridge
+) -> None:
+    result = task_app.send_task("demo.orchestrate", kwargs={"steps": 4, "delay": 0.3})
+    client = TaskcastClient(restartable_bridge.url, max_reconnect_time=1.0)
+    async with client:
+        received = []
+        with pytest.raises(BridgeUnavailable, match="did not come back within 1s"):
+            async for event in client.watch(result.id):
+                received.append(event)
+                if len(received) == 2:
+                    await asyncio.to_thread(restartable_bridge.stop)
+    assert [e["seq"] for e in received] == [1, 2]
