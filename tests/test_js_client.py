@@ -2,8 +2,9 @@
 
 Its pure logic (backoff, close codes, seq ledger, resume) needs no server. Its
 reconnect-and-resume behaviour is tested against a real bridge and Redis: the
-Node test calls this file's control server to store events and to kill, stop
-and restart the bridge (tests/js/taskcast_client.test.mjs lists the endpoints).
+Node test calls this file's control server to store events, to kill, stop
+and restart the bridge, and to stop and start the bridge's own Redis
+(tests/js/taskcast_client.test.mjs lists the endpoints).
 """
 
 from __future__ import annotations
@@ -15,16 +16,21 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
 from bridge_helpers import RestartableBridge
-from helpers import ROOT_DIR, TESTS_DIR
+from helpers import ROOT_DIR, TESTS_DIR, worker_env
 
+from bridge.embedded_redis import EmbeddedRedis
 from tasks.events import Event, log_data
 from tasks.store import EventStore
+from worker_config.settings import Settings
 
 NODE = shutil.which("node")
 JS_TESTS = TESTS_DIR / "js"
@@ -52,10 +58,37 @@ def test_js_client_logic() -> None:
     run_node_tests(JS_TESTS / "taskcast_logic.test.mjs")
 
 
-class ControlServer(ThreadingHTTPServer):
-    """The Node test's handle on the world: store events, stop/kill/start the bridge."""
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of this test's own, so the Node test can take it down (an outage)
+    without disturbing the session's server other tests use."""
+    with EmbeddedRedis() as server:
+        yield server
 
-    def __init__(self, store: EventStore, bridge: RestartableBridge) -> None:
+
+@pytest.fixture
+def private_store(private_redis: EmbeddedRedis, prefix: str) -> Iterator[EventStore]:
+    client = redis.Redis.from_url(private_redis.url)
+    yield EventStore(client, prefix=prefix)
+    client.close()
+
+
+@pytest.fixture
+def private_bridge(
+    task_settings: Settings, prefix: str, private_redis: EmbeddedRedis
+) -> Iterator[RestartableBridge]:
+    """``taskcast serve`` whose event store is :func:`private_redis`."""
+    settings = replace(task_settings, prefix=prefix, redis_url=private_redis.url)
+    bridge = RestartableBridge(worker_env(settings))
+    bridge.start()
+    yield bridge
+    bridge.stop(signal.SIGKILL)
+
+
+class ControlServer(ThreadingHTTPServer):
+    """The Node test's handle on the world: store events, stop/kill/start the bridge and Redis."""
+
+    def __init__(self, store: EventStore, bridge: RestartableBridge, server: EmbeddedRedis) -> None:
         super().__init__(("127.0.0.1", 0), ControlHandler)
         self.routes: dict[str, Callable[..., Any]] = {
             "/emit": lambda operation_id, count, terminal=False: {
@@ -64,6 +97,8 @@ class ControlServer(ThreadingHTTPServer):
             "/bridge/stop": lambda: bridge.stop(signal.SIGTERM),
             "/bridge/kill": lambda: bridge.stop(signal.SIGKILL),
             "/bridge/start": bridge.start,
+            "/redis/stop": lambda: self.stop_redis(store, server),
+            "/redis/start": lambda: {"port": server.start().port},
         }
 
     @property
@@ -80,6 +115,13 @@ class ControlServer(ThreadingHTTPServer):
         if terminal:
             events.append(Event("completed", operation_id, {"status": "completed", "duration": 0}))
         return [store.append(event) for event in events]
+
+    @staticmethod
+    def stop_redis(store: EventStore, server: EmbeddedRedis) -> None:
+        """Snapshot to disk, then stop: like a production Redis with persistence, it comes
+        back with its data (operations keep counting seqs) on the same port."""
+        store.client.save()
+        server.stop()
 
 
 class ControlHandler(BaseHTTPRequestHandler):
@@ -103,10 +145,10 @@ class ControlHandler(BaseHTTPRequestHandler):
 
 
 def test_js_client_reconnects_and_resumes_against_real_bridge(
-    restartable_bridge: RestartableBridge, store: EventStore
+    private_bridge: RestartableBridge, private_store: EventStore, private_redis: EmbeddedRedis
 ) -> None:
-    bridge = restartable_bridge
-    control = ControlServer(store, bridge)
+    bridge = private_bridge
+    control = ControlServer(private_store, bridge, private_redis)
     threading.Thread(target=control.serve_forever, daemon=True).start()
     try:
         env = dict(

@@ -31,9 +31,14 @@
 /**
  * A subscription the client keeps across reconnects.
  * @typedef {object} Subscription
+ * @property {string} operationId The operation it follows.
  * @property {number} [since] The `since` the caller asked for (undefined: the whole history).
  * @property {boolean} confirmed Whether the server has accepted it; from then on it resumes from the ledger.
+ * @property {number} retries `unavailable` refusals in a row, for the backoff before asking again.
  */
+
+/** The error code of a bridge that cannot reach its event store (Redis) right now: worth asking again. */
+const UNAVAILABLE = 'unavailable';
 
 /** Event types after which an operation is finished (until Celery runs it again). */
 const TERMINAL_EVENTS = new Set(['completed', 'error']);
@@ -164,6 +169,13 @@ function codedError(code, message) {
  * is false if some had expired) and `'resume_failed'` (the Error of such a
  * subscription the server refused; the subscription is dropped).
  *
+ * A subscription the bridge refuses as `unavailable` (it is up but cannot
+ * reach Redis yet, e.g. both are restarting) is not dropped: while the
+ * connection stays open the client asks again with the reconnect backoff
+ * until it is accepted, and then reports `'resumed'` or settles the
+ * subscribe() promise; a new connection asks again at once. A Redis outage
+ * therefore only delays events, none is lost or delivered twice.
+ *
  * Commands return promises for the server's reply. They reject with an Error
  * whose `code` is the server's error code (`not_found`, `bad_request`, ...),
  * or `not_connected` when no connection is open, `connection_closed` when it
@@ -195,9 +207,11 @@ export class TaskcastClient {
   #connectWaiters = [];
   /** @type {Map<string, Subscription & {waiter?: object}>} */
   #subscriptions = new Map();
-  /** @type {{operationType?: string, waiter?: object}|null} */
+  /** @type {{operationType?: string, retries: number, waiter?: object}|null} */
   #monitor = null;
   #ledger = new SeqLedger();
+  /** Timers of subscriptions waiting to ask again after `unavailable`; a closing connection cancels them. */
+  #retries = new Set();
   /** @type {Map<string, Set<Function>>} */
   #listeners = new Map();
 
@@ -223,6 +237,7 @@ export class TaskcastClient {
   disconnect() {
     this.#wanted = false;
     clearTimeout(this.#timer);
+    this.#cancelRetries();
     this.#ws?.close(1000);
     this.#ws = null;
     const error = codedError('disconnected', 'disconnect() was called');
@@ -240,16 +255,18 @@ export class TaskcastClient {
    * subscription survives reconnects. Asking again for history already
    * delivered (e.g. by monitor mode) delivers those events again: an
    * explicit subscribe restarts the operation's seq ledger at `since`.
-   * Made while not connected, it is sent when the connection opens.
+   * Made while not connected, it is sent when the connection opens. While
+   * the bridge answers `unavailable` (Redis unreachable) it is retried, and
+   * the promise waits: it settles with the first other reply.
    * @param {string} operationId
    * @param {{since?: number}} [options]
    * @returns {Promise<object>} The `subscribed` reply (`operation` snapshot or null, `recovered`, `replayed`).
    */
   subscribe(operationId, { since } = {}) {
     cancelWaiter(this.#subscriptions.get(operationId), 'replaced by a new subscribe()');
-    const subscription = { since, confirmed: false };
+    const subscription = { operationId, since, confirmed: false, retries: 0 };
     this.#subscriptions.set(operationId, subscription);
-    return this.#establish(subscription, subscribeCommand(operationId, since));
+    return this.#establish(subscription);
   }
 
   /**
@@ -273,8 +290,8 @@ export class TaskcastClient {
    */
   subscribeAll(operationType) {
     cancelWaiter(this.#monitor, 'replaced by a new subscribeAll()');
-    this.#monitor = { operationType };
-    return this.#establish(this.#monitor, monitorCommand(operationType));
+    this.#monitor = { operationType, retries: 0 };
+    return this.#establish(this.#monitor);
   }
 
   /**
@@ -354,11 +371,8 @@ export class TaskcastClient {
 
   #onOpen() {
     this.#setState('open');
-    for (const [operationId, subscription] of this.#subscriptions) {
-      const since = resumeSince(subscription, this.#ledger.last(operationId));
-      this.#send(subscription, subscribeCommand(operationId, since));
-    }
-    if (this.#monitor) this.#send(this.#monitor, monitorCommand(this.#monitor.operationType));
+    for (const subscription of this.#subscriptions.values()) this.#send(subscription);
+    if (this.#monitor) this.#send(this.#monitor);
     for (const waiter of this.#connectWaiters.splice(0)) waiter.resolve();
     this.#emit('open');
   }
@@ -373,7 +387,6 @@ export class TaskcastClient {
     if (!pending) return;
     this.#pending.delete(frame.request_id);
     if (frame.status === 'error') {
-      this.#drop(pending.entry);
       pending.reject(Object.assign(codedError(frame.code, frame.message), { reply: frame }));
       return;
     }
@@ -393,6 +406,7 @@ export class TaskcastClient {
 
   #onClose(code, reason) {
     this.#ws = null;
+    this.#cancelRetries();
     this.#rejectPending(Object.assign(codedError('connection_closed', `connection closed (${code})`), { closeCode: code }));
     const reconnect = this.#wanted && shouldReconnect(code);
     this.#emit('close', { code, reason, reconnect });
@@ -409,30 +423,71 @@ export class TaskcastClient {
   }
 
   /** Sends a subscription now if open; otherwise when the connection opens. */
-  #establish(entry, command) {
+  #establish(entry) {
     const reply = new Promise((resolve, reject) => {
       entry.waiter = { resolve, reject };
     });
-    if (this.state === 'open') this.#send(entry, command);
+    if (this.state === 'open') this.#send(entry);
     return reply;
+  }
+
+  /** The command that (re)establishes a subscription, resuming from the ledger once confirmed. */
+  #commandFor(entry) {
+    if (entry === this.#monitor) return monitorCommand(entry.operationType);
+    return subscribeCommand(entry.operationId, resumeSince(entry, this.#ledger.last(entry.operationId)));
+  }
+
+  /** Whether `entry` is still wanted: not unsubscribed or replaced since it was sent. */
+  #isCurrent(entry) {
+    return entry === this.#monitor || this.#subscriptions.get(entry.operationId) === entry;
   }
 
   /**
    * Sends a subscription command. It settles the caller's promise if one
    * waits; otherwise it is a resume, reported with 'resumed' or 'resume_failed'.
    */
-  #send(entry, command) {
+  #send(entry) {
     const { waiter } = entry;
     delete entry.waiter;
-    const reply = this.#request(command, entry);
-    if (waiter) {
-      reply.then(waiter.resolve, waiter.reject);
+    this.#request(this.#commandFor(entry), entry).then(
+      (reply) => {
+        entry.retries = 0;
+        if (waiter) waiter.resolve(reply);
+        else this.#emit('resumed', reply);
+      },
+      (error) => this.#refused(entry, waiter, error),
+    );
+  }
+
+  /**
+   * `unavailable` is transient (the bridge is up, its Redis not yet): keep the
+   * subscription and its waiter, and ask again later. Any other refusal is
+   * final, so the subscription is dropped and reconnects do not repeat it.
+   */
+  #refused(entry, waiter, error) {
+    if (error.code === UNAVAILABLE && this.#isCurrent(entry)) {
+      if (waiter) entry.waiter = waiter;
+      this.#retryLater(entry);
       return;
     }
-    reply.then(
-      (subscribed) => this.#emit('resumed', subscribed),
-      (error) => error.code !== 'connection_closed' && this.#emit('resume_failed', error),
-    );
+    if (error.reply) this.#drop(entry);
+    if (waiter) waiter.reject(error);
+    else if (error.code !== 'connection_closed') this.#emit('resume_failed', error);
+  }
+
+  /** Asks again on the same connection after a backoff; a new connection asks at once in #onOpen. */
+  #retryLater(entry) {
+    const ws = this.#ws;
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer);
+      if (this.#ws === ws && this.state === 'open' && this.#isCurrent(entry)) this.#send(entry);
+    }, backoffDelay(entry.retries++, this.backoff));
+    this.#retries.add(timer);
+  }
+
+  #cancelRetries() {
+    for (const timer of this.#retries) clearTimeout(timer);
+    this.#retries.clear();
   }
 
   /** A subscription's reply: an explicit subscribe restarts the ledger where it asked. */

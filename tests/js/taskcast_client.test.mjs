@@ -8,6 +8,9 @@
 //     /bridge/stop  SIGTERM: the bridge shuts down, closing connections with 1001
 //     /bridge/kill  SIGKILL: connections drop without a close frame (1006)
 //     /bridge/start starts the bridge again on the same port, returns once it is ready
+//     /redis/stop   snapshots the bridge's Redis to disk, then stops it (the bridge answers
+//                   `unavailable` to commands that need the store)
+//     /redis/start  starts that Redis again on the same port, with the snapshot's data
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, describe, test } from 'node:test';
@@ -45,6 +48,8 @@ function recordingClient() {
   const seqs = new Map();
   const closes = [];
   const resumed = [];
+  const resumeFailed = [];
+  const opens = [];
   client.on('*', (event) => {
     if (event.seq === undefined) return;
     if (!seqs.has(event.operation_id)) seqs.set(event.operation_id, []);
@@ -52,8 +57,10 @@ function recordingClient() {
   });
   client.on('close', ({ code }) => closes.push(code));
   client.on('resumed', (reply) => resumed.push(reply));
+  client.on('resume_failed', (error) => resumeFailed.push(error));
+  client.on('open', () => opens.push(Date.now()));
   const delivered = (operationId) => seqs.get(operationId) ?? [];
-  return { client, delivered, closes, resumed };
+  return { client, delivered, closes, resumed, resumeFailed, opens };
 }
 
 describe('TaskcastClient against a real bridge', { skip: !WS_URL || !CONTROL_URL ? 'TASKCAST_WS_URL and TASKCAST_CONTROL_URL are set by tests/test_js_client.py' : false }, () => {
@@ -132,6 +139,34 @@ describe('TaskcastClient against a real bridge', { skip: !WS_URL || !CONTROL_URL
     await until(() => delivered(operationId).length === 6, 'the events sent while the bridge was down');
     assert.equal(closes[0], 1001);
     assert.deepEqual(delivered(operationId), range(1, 6));
+    assert.equal(client.state, 'open');
+  });
+
+  test('a resume refused while Redis is down (unavailable) is retried until Redis is back', async () => {
+    const { client, delivered, closes, resumed, resumeFailed, opens } = await connected();
+    const [resuming, late] = [`js-${randomUUID()}`, `js-${randomUUID()}`];
+    await client.subscribe(resuming);
+    await emit(resuming, 3);
+    await until(() => delivered(resuming).length === 3, 'events before the outage');
+    await control('/redis/stop');
+    await control('/bridge/kill');
+    await until(() => closes.length > 0, 'the connection to drop');
+    await control('/bridge/start');
+    await until(() => opens.length === 2, 'the client to reconnect');
+    // Replies come in command order: once this one is in, the resume has been refused too.
+    await assert.rejects(client.getOperation(resuming), { code: 'unavailable' });
+    assert.deepEqual(resumeFailed, [], 'a refused resume is retried, not dropped');
+    const lateOutcome = client.subscribe(late).catch((error) => error);
+    await control('/redis/start');
+    await emit(resuming, 3, true);
+    const lateReply = await lateOutcome;
+    assert.equal(lateReply.status, 'subscribed', 'a subscribe made during the outage waits for Redis');
+    await emit(late, 2);
+    await until(() => delivered(resuming).length === 7 && delivered(late).length === 2, 'events after the outage');
+    assert.deepEqual(delivered(resuming), range(1, 7));
+    assert.deepEqual(delivered(late), [1, 2]);
+    assert.deepEqual(resumeFailed, []);
+    assert.ok(resumed.some((reply) => reply.operation_id === resuming && reply.recovered), 'the resume succeeded');
     assert.equal(client.state, 'open');
   });
 
