@@ -61,24 +61,23 @@ class Coalescer:
         state.last_stored = self.clock()
         return pending
 
-    def due(self) -> list[Event]:
-        """Held-back values whose interval has passed (the quiet-task timer flushes them).
+    def due(self) -> list[str]:
+        """Operations whose held-back value's interval has passed (the quiet-task timer
+        then takes from each, under that operation's lock, to keep its order).
 
         Also forgets operations with nothing held whose interval has passed:
         their next event would be stored at once anyway, so keeping them only
         costs memory.
         """
         now = self.clock()
-        ready: list[Event] = []
+        ready: list[str] = []
         for op_id, state in list(self._ops.items()):
             if now - state.last_stored < self.interval:
                 continue
             if state.pending is None:
                 del self._ops[op_id]
             else:
-                ready.append(state.pending)
-                state.pending = None
-                state.last_stored = now
+                ready.append(op_id)
         return ready
 
     def next_due(self) -> float | None:
@@ -86,9 +85,9 @@ class Coalescer:
         times = [s.last_stored + self.interval for s in self._ops.values() if s.pending]
         return min(times) if times else None
 
-    def drain(self) -> list[Event]:
-        """Every held-back value, due or not (for a flush before shutdown)."""
-        return [e for e in (self.take(op_id) for op_id in list(self._ops)) if e is not None]
+    def operations(self) -> list[str]:
+        """Every operation with state here (a flush before shutdown takes each)."""
+        return list(self._ops)
 
     def forget(self, operation_id: str) -> None:
         """Drop the state of an operation that ended (after its pending value was taken)."""

@@ -35,6 +35,7 @@ logger = logging.getLogger("taskcast.producer")
 
 BACKOFF_SECONDS = 1.0
 LOG_EVERY_SECONDS = 10.0
+LOCK_STRIPES = 64
 
 _live_producers: weakref.WeakSet[Producer] = weakref.WeakSet()
 
@@ -74,11 +75,18 @@ class Producer:
         _live_producers.add(self)
 
     def _reset_threading(self) -> None:
-        """Fresh lock and no flusher: used at start and in a forked child."""
+        """Fresh locks and no flusher: used at start and in a forked child."""
+        # _lock guards the coalescer, the counters and the back-off state, never a
+        # Redis call; a stripe lock, taken first, keeps one operation's events in
+        # order while appends of different operations run in parallel.
         self._lock = threading.RLock()
+        self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._wake = threading.Condition(self._lock)
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
+
+    def _stripe(self, operation_id: str) -> threading.Lock:
+        return self._stripes[hash(operation_id) % LOCK_STRIPES]
 
     def emit(self, event: Event) -> int:
         """Store ``event`` (or hold it back if it is progress); return its seq or 0.
@@ -86,27 +94,39 @@ class Producer:
         Never raises because of Redis. A held-back progress value is stored
         before any other event of its operation, so the order is kept.
         """
-        with self._lock:
-            if event.event_type == "progress":
-                ready = self.coalescer.offer(event)
-                if ready is None:
-                    self._ensure_flusher()
-                    if self._flusher_idle:
-                        self._wake.notify()
-                    return 0
-                return self._store(ready)
-            pending = self.coalescer.take(event.operation_id)
-            if pending is not None:
-                self._store(pending)
-            if event.event_type in TERMINAL_EVENT_TYPES:
-                self.coalescer.forget(event.operation_id)
-            return self._store(event)
+        with self._stripe(event.operation_id):
+            with self._lock:
+                batch = self._due_with(event)
+            seq = 0
+            for ready in batch:
+                seq = self._store(ready)
+            return seq if batch and batch[-1] is event else 0
 
-    def flush(self) -> None:
-        """Store every held-back progress value now (e.g. before a process exits)."""
-        with self._lock:
-            for event in self.coalescer.drain():
-                self._store(event)
+    def _due_with(self, event: Event) -> list[Event]:
+        """What to store now for ``event``, oldest first (under ``_lock``)."""
+        if event.event_type == "progress":
+            if self.coalescer.offer(event) is None:
+                self._ensure_flusher()
+                if self._flusher_idle:
+                    self._wake.notify()
+                return []
+            return [event]
+        pending = self.coalescer.take(event.operation_id)
+        if event.event_type in TERMINAL_EVENT_TYPES:
+            self.coalescer.forget(event.operation_id)
+        return [event] if pending is None else [pending, event]
+
+    def flush(self, operation_ids: list[str] | None = None) -> None:
+        """Store held-back progress now: of ``operation_ids``, or of every operation."""
+        if operation_ids is None:
+            with self._lock:
+                operation_ids = self.coalescer.operations()
+        for operation_id in operation_ids:
+            with self._stripe(operation_id):
+                with self._lock:
+                    pending = self.coalescer.take(operation_id)
+                if pending is not None:
+                    self._store(pending)
 
     def stats(self) -> dict[str, int]:
         """Counters: stored, rejected (operation had ended), failed (Redis errors),
@@ -130,26 +150,32 @@ class Producer:
         """One append, with the back-off window and the failure accounting."""
         now = self.clock()
         if now < self._down_until and event.event_type not in TERMINAL_EVENT_TYPES:
-            self.counters["dropped"] += 1
+            with self._lock:
+                self.counters["dropped"] += 1
             return 0
         try:
             seq = self.store.append(event)
         except orjson.JSONEncodeError as exc:
             # The task's own data cannot be encoded (e.g. non-string dict keys):
             # drop this event only; the store is fine, so no back-off.
-            self.counters["invalid"] += 1
-            self._log_failure(exc, now)
+            with self._lock:
+                self.counters["invalid"] += 1
+                self._log_failure(exc, now)
             return 0
         except (redis.RedisError, OSError) as exc:
-            self.counters["failed"] += 1
-            self.counters["dropped"] += 1
-            self._down_until = now + self.backoff
-            self._log_failure(exc, now)
+            with self._lock:
+                self.counters["failed"] += 1
+                self.counters["dropped"] += 1
+                self._down_until = now + self.backoff
+                self._log_failure(exc, now)
             return 0
-        if self._down_until:
-            self._down_until = 0.0
-            logger.warning("taskcast event store reachable again at %s", self.settings.redis_url)
-        self.counters["stored" if seq else "rejected"] += 1
+        with self._lock:
+            if self._down_until:
+                self._down_until = 0.0
+                logger.warning(
+                    "taskcast event store reachable again at %s", self.settings.redis_url
+                )
+            self.counters["stored" if seq else "rejected"] += 1
         return seq
 
     def _log_failure(self, exc: Exception, now: float) -> None:
@@ -177,8 +203,10 @@ class Producer:
 
     def _flush_loop(self) -> None:
         """Store held-back progress of operations that went quiet, when it falls due."""
-        with self._lock:
-            while not self._closed:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
                 due_at = self.coalescer.next_due()
                 if due_at is None:
                     self._flusher_idle = True
@@ -189,8 +217,8 @@ class Producer:
                 if delay > 0:
                     self._wake.wait(delay)
                     continue
-                for event in self.coalescer.due():
-                    self._store(event)
+                due = self.coalescer.due()
+            self.flush(due)
 
 
 def _after_fork_in_child() -> None:

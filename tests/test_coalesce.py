@@ -33,7 +33,8 @@ def test_first_progress_passes_then_the_interval_holds_back_and_keeps_the_latest
     assert c.due() == []
     assert c.next_due() == pytest.approx(100.05)
     clock.now = 100.06
-    assert [e.data["progress"] for e in c.due()] == [0.3]
+    assert c.due() == ["a"]
+    assert c.take("a").data["progress"] == 0.3
     assert c.due() == [] and c.next_due() is None
 
 
@@ -83,7 +84,8 @@ def test_quiet_operations_are_forgotten_and_forget_drops_state() -> None:
     c.offer(progress("b", 0.1))
     c.offer(progress("b", 0.2))
     clock.now += 1
-    assert [e.operation_id for e in c.due()] == ["b"]
+    assert c.due() == ["b"]
+    c.take("b")
     clock.now += 1
     c.due()
     assert len(c) == 0
@@ -92,14 +94,15 @@ def test_quiet_operations_are_forgotten_and_forget_drops_state() -> None:
     assert len(c) == 0
 
 
-def test_drain_returns_every_pending_value() -> None:
+def test_a_flush_before_shutdown_finds_every_held_value() -> None:
     clock = FakeClock()
     c = Coalescer(10.0, clock)
     for op in "abc":
         c.offer(progress(op, 0.1))
         c.offer(progress(op, 0.5))
-    assert sorted(e.operation_id for e in c.drain()) == ["a", "b", "c"]
-    assert c.drain() == []
+    assert sorted(c.operations()) == ["a", "b", "c"]
+    assert [c.take(op).data["progress"] for op in "abc"] == [0.5, 0.5, 0.5]
+    assert [c.take(op) for op in c.operations()] == [None, None, None]
 
 
 def test_a_hundred_thousand_progress_calls_store_a_few_hundred_and_the_final_value(

@@ -230,3 +230,30 @@ def test_producer_recovers_when_redis_comes_back(task_settings: Settings, prefix
             }
         finally:
             producer.close()
+
+
+def test_the_flush_timer_never_stores_a_held_value_after_a_later_event(
+    task_settings: Settings, prefix: str, store: EventStore
+) -> None:
+    """Each progress is followed by a log; whether the timer or the log flushes the held
+    progress, it must be stored before that log, in every operation, under concurrency."""
+    producer = Producer(replace(task_settings, prefix=prefix, progress_interval=0.001))
+    emitter = Emitter(producer)
+
+    def work(op_id: str) -> None:
+        for i in range(120):
+            emitter.emit_progress(op_id, i / 120, f"step {i}")
+            time.sleep(0.0009 + 0.0001 * (i % 4))  # wakes around the moment the timer fires
+            emitter.emit_log(op_id, "info", f"after step {i}")
+
+    ops = [f"order-{n}" for n in range(4)]
+    threads = [threading.Thread(target=work, args=(op,)) for op in ops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    producer.close()
+    for op in ops:
+        messages = [e["data"]["message"] for e in events_of(store, op)]
+        expected = [text for i in range(120) for text in (f"step {i}", f"after step {i}")]
+        assert messages == expected
