@@ -14,25 +14,23 @@ import sys
 
 import click
 
-from worker_config.settings import Settings, load_settings
+from worker_config.settings import VARIABLES, Settings, load_settings
 
 from .server import Bridge
 
 log = logging.getLogger("taskcast.bridge")
 
 EXIT_CONFIG = 2
-_FLAGS = {
-    "host": "TASKCAST_HOST",
-    "port": "TASKCAST_PORT",
-    "redis_url": "TASKCAST_REDIS_URL",
-    "prefix": "TASKCAST_PREFIX",
-}
 
 
 def settings_from(flags: dict[str, str | None]) -> Settings:
-    """Settings from the environment, with the given flags taking precedence."""
+    """Settings from the environment, with the given flags taking precedence.
+
+    Flags go through the same parsing as the variables they stand for, so a bad
+    ``--port`` is reported as TASKCAST_PORT, the name the docs use.
+    """
     environ = dict(os.environ)
-    environ.update({_FLAGS[name]: value for name, value in flags.items() if value is not None})
+    environ.update({VARIABLES[name]: value for name, value in flags.items() if value is not None})
     return load_settings(environ)
 
 

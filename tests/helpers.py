@@ -22,7 +22,7 @@ import psutil
 
 from tasks.events import FINISHED_STATUSES
 from tasks.store import EventStore
-from worker_config import Settings
+from worker_config import Settings, to_environment
 
 T = TypeVar("T")
 TESTS_DIR = Path(__file__).resolve().parent
@@ -77,25 +77,10 @@ class TaskRun:
         return self.result.id
 
 
-# Settings fields a worker subprocess needs, and the variable each is read from.
-SETTINGS_ENV = {
-    "redis_url": "TASKCAST_REDIS_URL",
-    "broker_url": "CELERY_BROKER_URL",
-    "result_backend": "CELERY_RESULT_BACKEND",
-    "prefix": "TASKCAST_PREFIX",
-    "history_maxlen": "TASKCAST_HISTORY_MAXLEN",
-    "history_ttl": "TASKCAST_HISTORY_TTL",
-    "progress_interval": "TASKCAST_PROGRESS_INTERVAL",
-    "emit_timeout": "TASKCAST_EMIT_TIMEOUT",
-    "send_traceback": "TASKCAST_SEND_TRACEBACK",
-}
-
-
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a ``celery -A tasks worker`` that uses ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKCAST_", "CELERY_"))}
-    for field, var in SETTINGS_ENV.items():
-        env[var] = str(getattr(settings, field))
+    env.update(to_environment(settings))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
     env.update(extra)
     return env

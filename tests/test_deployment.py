@@ -57,3 +57,19 @@ def test_image_default_command_is_the_compose_bridge_command(compose: dict) -> N
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))
     assert cmd == compose["services"]["bridge"]["command"]
     assert cmd[:2] == ["taskcast", "serve"]
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    from worker_config import VARIABLES, Settings
+
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", (ROOT / "README.md").read_text(), re.M))
+    defaults = Settings()
+    derived = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}  # default: TASKCAST_REDIS_URL
+    for field, variable in VARIABLES.items():
+        assert variable in rows, f"{variable} is missing from the README"
+        if variable in derived:
+            assert rows[variable] == "TASKCAST_REDIS_URL"
+            continue
+        value = getattr(defaults, field)
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        assert rows[variable] in (shown, shown.removesuffix(".0")), variable

@@ -123,7 +123,22 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "compression": ("TASKCAST_COMPRESSION", _bool),
 }
 
-ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(var for var, _ in _ENV.values())
+VARIABLES: dict[str, str] = {name: var for name, (var, _) in _ENV.items()}
+"""Settings field -> the environment variable it is read from."""
+ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(VARIABLES.values())
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables that make :func:`load_settings` return ``settings`` again.
+
+    For starting workers and bridges as child processes with the settings of
+    this one.
+    """
+    env = {}
+    for field in fields(Settings):
+        value = getattr(settings, field.name)
+        env[VARIABLES[field.name]] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
