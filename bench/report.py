@@ -27,6 +27,8 @@ class Row:
     goal: str = ""
     met: bool | None = None
     note: str = ""
+    key: str = ""  # the --scenario name that produced the row
+    measured_at: str = ""  # UTC, so rows kept from an earlier run say when they were taken
 
 
 def _figure(name: str, value: Any) -> str:
@@ -64,6 +66,21 @@ def print_table(rows: list[Row], console: Console | None = None) -> None:
     (console or Console()).print(table)
 
 
+def load_rows(path: Path) -> list[Row]:
+    """The rows of an earlier results file (none if it is missing or unreadable)."""
+    try:
+        return [Row(**row) for row in json.loads(path.read_text())["results"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def merge_rows(new: list[Row], old: list[Row], order: list[str]) -> list[Row]:
+    """``new`` plus the ``old`` rows of scenarios that did not run now, in ``order``."""
+    ran = {row.key for row in new}
+    kept = [row for row in old if row.key not in ran and row.key in order]
+    return sorted(kept + new, key=lambda row: order.index(row.key))
+
+
 def to_json(rows: list[Row], machine: dict[str, Any], options: dict[str, Any]) -> str:
     return json.dumps(
         {"machine": machine, "options": options, "results": [asdict(r) for r in rows]},
@@ -78,11 +95,14 @@ def _cell(text: str) -> str:
 
 def markdown(rows: list[Row], machine: dict[str, Any]) -> str:
     """The generated part of docs/BENCHMARKS.md: the machine, then one table row per case."""
+    times = sorted(r.measured_at for r in rows if r.measured_at) or [machine["date"]]
+    when = times[0] if times[0] == times[-1] else f"between {times[0]} and {times[-1]}"
     lines = [
-        f"Measured {machine['date']} at commit `{machine['commit']}` on: {machine['cpu']}, "
+        f"Measured {when}, last run at commit `{machine['commit']}`, on: {machine['cpu']}, "
         f"{machine['cores']} logical cores, {machine['memory_gib']} GiB RAM, "
         f"Python {machine['python']}, Redis {machine['redis']}, {machine['os']}. "
-        f"Load average at start: {', '.join(map(str, machine['load_average_at_start']))}.",
+        f"Load average at the start of the last run: "
+        f"{', '.join(map(str, machine['load_average_at_start']))}.",
         "",
         "| Scenario | Case | Figures | Lost/dup | Goal | Note |",
         "|---|---|---|---|---|---|",

@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
@@ -22,7 +23,7 @@ from . import connections, latency, polling, producer_cost, recovery, throughput
 from .context import FULL, QUICK, Bench
 from .machine import machine_info
 from .procs import Processes, raise_nofile_limit
-from .report import Row, markdown, print_table, to_json, update_markdown
+from .report import Row, load_rows, markdown, merge_rows, print_table, to_json, update_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
@@ -44,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scenario",
         action="append",
         choices=list(SCENARIOS),
-        help="run only this scenario (repeatable; default: all)",
+        help="run only this scenario (repeatable; default: all); the other scenarios' "
+        "rows in the output are kept from the last run",
     )
     parser.add_argument(
         "--out",
@@ -92,8 +94,10 @@ def run(args: argparse.Namespace, console: Console) -> tuple[list[Row], dict]:
                 except Exception as exc:
                     console.log(traceback.format_exc())
                     scenario_rows = [Row(name, "error", note=f"{type(exc).__name__}: {exc}")]
+                measured_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
                 for row in scenario_rows:  # others' work on the same cores skews every figure
                     row.figures["load_1m"] = round(os.getloadavg()[0], 2)
+                    row.key, row.measured_at = name, measured_at
                 rows.extend(scenario_rows)
                 console.log(f"scenario {name} took {time.monotonic() - started:.1f} s")
         finally:
@@ -115,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, console)
     json_path, md_path = output_paths(args)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"quick": args.quick, "scenarios": args.scenario or list(SCENARIOS)}
+    if args.scenario:  # re-running some scenarios keeps the others' last figures
+        rows = merge_rows(rows, load_rows(json_path), list(SCENARIOS))
+    options = {"quick": args.quick, "scenarios": sorted({r.key for r in rows})}
     json_path.write_text(to_json(rows, machine, options))
     update_markdown(md_path, markdown(rows, machine))
     console.log(f"wrote {json_path} and {md_path}")

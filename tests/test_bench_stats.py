@@ -9,7 +9,16 @@ import pytest
 
 from bench.fleet import split
 from bench.produce import schedule_offsets
-from bench.report import END_MARK, START_MARK, Row, markdown, update_markdown
+from bench.report import (
+    END_MARK,
+    START_MARK,
+    Row,
+    load_rows,
+    markdown,
+    merge_rows,
+    to_json,
+    update_markdown,
+)
 from bench.stats import Delivery, Histogram, SeqTracker, merged
 
 
@@ -111,3 +120,21 @@ def test_update_markdown_creates_a_missing_document(tmp_path: Path) -> None:
     doc = tmp_path / "docs" / "BENCHMARKS.md"
     update_markdown(doc, "generated\n")
     assert doc.read_text().count(START_MARK) == 1 and "generated" in doc.read_text()
+
+
+def test_rerunning_one_scenario_keeps_the_others_rows_in_scenario_order(tmp_path: Path) -> None:
+    old = [
+        Row("1 latency", "old", {"p99_ms": 9.0}, key="latency", measured_at="A"),
+        Row("2 throughput", "old", {"max_ev_s": 1}, key="throughput", measured_at="A"),
+    ]
+    (tmp_path / "latest.json").write_text(to_json(old, MACHINE, {}))
+    new = [Row("2 throughput", "new", {"max_ev_s": 2}, key="throughput", measured_at="B")]
+    rows = merge_rows(new, load_rows(tmp_path / "latest.json"), ["latency", "throughput"])
+    assert [(r.key, r.case) for r in rows] == [("latency", "old"), ("throughput", "new")]
+    assert "Measured between A and B" in markdown(rows, MACHINE)
+
+
+def test_unreadable_results_file_gives_no_rows(tmp_path: Path) -> None:
+    (tmp_path / "latest.json").write_text("not json")
+    assert load_rows(tmp_path / "latest.json") == []
+    assert load_rows(tmp_path / "missing.json") == []
