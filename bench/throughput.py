@@ -6,10 +6,11 @@ step-up search raises the event rate by a fixed factor every few seconds
 until a step (and its one retry) loses or duplicates an event, misses
 p99 < 50 ms, or the producer cannot hold the rate; the last passing step is
 the result. The same
-search runs against the thin relay (bench/thin_relay.py), on a stream of its
-own so that the idle bridge does no work meanwhile, and taskcast is reported
-as a ratio of it. Producers write with ``EventStore.append`` from their own
-processes, so Celery is not what limits these figures.
+search runs against the thin relay (bench/thin_relay.py) step for step with
+taskcast's, on a stream of its own so that the server not being measured
+does no work meanwhile, and taskcast is reported as a ratio of it. Producers
+write with ``EventStore.append`` from their own processes, so Celery is not
+what limits these figures.
 """
 
 from __future__ import annotations
@@ -116,25 +117,50 @@ def step(
     )
 
 
-def search(
-    bench: Bench, server: Endpoint, prefix: str, protocol: bool, shape: Shape, start: float
-) -> tuple[Step | None, Step | None]:
-    """Raise the rate until a step fails twice in a row: (last passing step, failing step).
+@dataclass(frozen=True)
+class Target:
+    """A server under test: where it listens, the stream that feeds it, if it speaks PROTOCOL.md."""
 
-    A failing step is run once more before the search stops, so that one burst
-    of someone else's work on the shared cores does not end it early.
-    """
+    server: Endpoint
+    prefix: str
+    protocol: bool
+
+
+@dataclass
+class Search:
     best: Step | None = None
+    failed: Step | None = None
+
+
+def paired_search(
+    bench: Bench, targets: dict[str, Target], shape: Shape, start: float
+) -> dict[str, Search]:
+    """Raise the rate for all targets in lockstep until each fails a step twice in a row.
+
+    At every rate each target still in the race runs one step, one after the
+    other, so taskcast and the relay see the same background load (other
+    work on the shared cores comes and goes within minutes). A failing step is
+    run once more before that target drops out, so one burst of someone
+    else's work does not end its search early.
+    """
+    searches = {name: Search() for name in targets}
     rate = start
     for _ in range(bench.sizes.max_steps):
-        result = step(bench, server, prefix, protocol, shape, rate)
-        if not result.passed:
-            result = step(bench, server, prefix, protocol, shape, rate)
-        if not result.passed:
-            return best, result
-        best = result
+        racing = [name for name, search in searches.items() if search.failed is None]
+        if not racing:
+            break
+        for name in racing:
+            target = targets[name]
+            args = (bench, target.server, target.prefix, target.protocol, shape, rate)
+            result = step(*args)
+            if not result.passed:
+                result = step(*args)
+            if result.passed:
+                searches[name].best = result
+            else:
+                searches[name].failed = result
         rate *= bench.sizes.step_factor
-    return best, None
+    return searches
 
 
 def describe(best: Step | None, failed: Step | None) -> tuple[dict, str]:
@@ -166,18 +192,16 @@ def run(bench: Bench) -> list[Row]:
     ]
     rows = []
     relay = bench.procs.thin_relay(bench.store.url, f"{bench.relay_prefix}events")
-    try:
-        ceilings = {
-            shape.name: search(bench, relay, bench.relay_prefix, False, shape, start)
-            for shape, start in shapes
-        }
-    finally:
-        bench.procs.stop(relay.child)
     bridge = bench.bridge()
+    targets = {
+        "taskcast": Target(bridge, bench.prefix, True),
+        "relay": Target(relay, bench.relay_prefix, False),
+    }
     try:
         for shape, start in shapes:
-            best, failed = search(bench, bridge, bench.prefix, True, shape, start)
-            relay_best, relay_failed = ceilings[shape.name]
+            searches = paired_search(bench, targets, shape, start)
+            best, failed = searches["taskcast"].best, searches["taskcast"].failed
+            relay_best, relay_failed = searches["relay"].best, searches["relay"].failed
             figures, note = describe(best, failed)
             relay_figures, relay_note = describe(relay_best, relay_failed)
             ratio = (best.deliveries_s / relay_best.deliveries_s) if best and relay_best else 0.0
@@ -209,4 +233,5 @@ def run(bench: Bench) -> list[Row]:
             )
     finally:
         bench.procs.stop(bridge.child)
+        bench.procs.stop(relay.child)
     return rows
