@@ -1,8 +1,18 @@
 """The bridge service: a thin asyncio adapter between WebSocket clients, the hub and Redis.
 
 Every delivery decision lives in :mod:`bridge.hub` and every parsing rule in
-:mod:`bridge.commands`; this module only moves bytes. Each connection gets a
-writer task only while its outbox has frames, so idle connections cost no task.
+:mod:`bridge.commands`; this module only moves bytes.
+
+Frames leave by two paths. The direct path: once per event-loop turn, every
+connection whose outbox filled is flushed synchronously, all its queued frames
+encoded and handed to the transport in one write, as long as the transport
+holds less than ``DIRECT_WRITE_LIMIT``; a live batch fanned out to many
+subscribers so costs one write per subscriber, with no task and no await.
+The writer path: what a backed-up transport cannot take now is sent by a
+per-connection writer task that awaits each send (and so the client's
+reading); it exists only while that connection has a backlog, and while it
+runs it alone takes from that outbox, which keeps every connection's frames
+in order.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from tasks.store import is_recovered
 from worker_config.settings import Settings
@@ -55,18 +66,28 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT = 2.0
 STATS_CACHE_SECONDS = 1.0
 STORE_DOWN = "event store (Redis) is unreachable; retry later"
+# The direct path writes to a transport only while it buffers less than this
+# (websockets' own default write limit), so beyond the hub's send budget a
+# client that stops reading makes the bridge hold at most this plus two frames
+# in its transport: one written past the limit by the direct path, one by the
+# writer task before it waits for the client.
+DIRECT_WRITE_LIMIT = 32 * 1024
 
 
 class Peer(Connection):
-    """A hub connection with its socket and, while it has frames to send, its writer task."""
+    """A hub connection with its socket and, while it has a backlog, its writer task.
 
-    __slots__ = ("ws", "writer", "drained")
+    ``flush_due`` is set while the connection waits for this turn's direct flush.
+    """
+
+    __slots__ = ("ws", "writer", "drained", "flush_due")
 
     def __init__(self, client_id: str, ws: ServerConnection) -> None:
         super().__init__(client_id)
         self.ws = ws
         self.writer: asyncio.Task[None] | None = None
         self.drained: asyncio.Future[None] | None = None
+        self.flush_due = False
 
 
 class Bridge:
@@ -95,6 +116,7 @@ class Bridge:
         self._tail_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._due: list[Peer] = []
         self._counts: tuple[float, tuple[int, int]] | None = None
         self._handlers: dict[str, Callable[[Peer, Command], Awaitable[None]]] = {
             "subscribe": self._subscribe,
@@ -190,15 +212,59 @@ class Bridge:
         Replies are never dropped, so this is what bounds the memory a client
         that sends commands without reading can make us hold.
         """
+        if peer.flush_due:
+            peer.flush_due = False
+            self._flush(peer)
         if peer.writer is None:
             return
         peer.drained = asyncio.get_running_loop().create_future()
         await peer.drained
 
     def _on_ready(self, conn: Connection) -> None:
+        """Flush this outbox at the end of the loop turn, unless its writer task runs.
+
+        Deferring lets one flush carry everything queued in this turn (a whole
+        live batch, or a reply with its history) in a single transport write.
+        """
         peer: Peer = conn  # type: ignore[assignment]
-        if peer.writer is None:
+        if peer.writer is None and not peer.flush_due:
+            peer.flush_due = True
+            self._due.append(peer)
+            if len(self._due) == 1:
+                asyncio.get_running_loop().call_soon(self._flush_due)
+
+    def _flush_due(self) -> None:
+        due, self._due = self._due, []
+        for peer in due:
+            if peer.flush_due:
+                peer.flush_due = False
+                self._flush(peer)
+
+    def _flush(self, peer: Peer) -> None:
+        """Write what the transport may take now; start the writer task for the rest.
+
+        A connection that is no longer open gets the writer too, whose send
+        fails the way it always has, so no frame vanishes without the
+        connection ending.
+        """
+        ws = peer.ws
+        if ws.protocol.state is State.OPEN:
+            room = DIRECT_WRITE_LIMIT - ws.transport.get_write_buffer_size()
+            if room > 0:
+                self._write_direct(peer, room)
+        if peer.outbox and peer.writer is None:
             peer.writer = asyncio.get_running_loop().create_task(self._drain(peer))
+
+    def _write_direct(self, peer: Peer, room: int) -> None:
+        """Encode frames until ``room`` bytes are used up and write them at once."""
+        hub, protocol = self.hub, peer.ws.protocol
+        lag, now = self.metrics.delivery_lag, time.time()
+        while room > 0 and (frame := hub.take(peer)) is not None:
+            protocol.send_text(frame.payload)
+            room -= len(frame.payload)
+            if frame.kind == LIVE:
+                lag.observe(max(0.0, now - frame.stored_at))
+        peer.ws.transport.write(b"".join(protocol.data_to_send()))
 
     async def _drain(self, peer: Peer) -> None:
         ws, hub, lag = peer.ws, self.hub, self.metrics.delivery_lag
