@@ -2,7 +2,8 @@
 
 Counters and gauges are read from the hub's plain integers at scrape time, so
 the hot path pays nothing for them; only the delivery-lag histogram is
-observed per sent frame. A private registry keeps two bridges in one process
+observed, once per socket write that carries live events (for the oldest of
+them, so it shows the worst lag of each write). A private registry keeps two bridges in one process
 (tests, embedding) from colliding in prometheus-client's global one.
 """
 
@@ -58,7 +59,8 @@ class BridgeMetrics:
         self.registry.register(_HubCollector(stats, redis_up))
         self.delivery_lag = Histogram(
             "taskcast_bridge_delivery_lag_seconds",
-            "Seconds from an event being stored to its live frame being sent",
+            "Seconds from an event being stored to its live frame being sent"
+            " (per socket write, its oldest live event)",
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )
