@@ -282,22 +282,13 @@ class AsyncEmitter:
         operation_id: str | None = None,
     ) -> AsyncOperation:
         """An ``async with`` context manager; its methods are awaited."""
-        return AsyncOperation(self, operation_type, metadata, operation_id)
+        return AsyncOperation(self, operation_type, metadata, operation_id)  # type: ignore[arg-type]
 
 
 class AsyncOperation(Operation):
     """:class:`Operation` for an :class:`AsyncEmitter`: ``async with``, awaited methods."""
 
     emitter: AsyncEmitter  # type: ignore[assignment]
-
-    def __init__(
-        self,
-        emitter: AsyncEmitter,
-        operation_type: str,
-        metadata: dict[str, Any] | None = None,
-        operation_id: str | None = None,
-    ) -> None:
-        super().__init__(emitter, operation_type, metadata, operation_id)  # type: ignore[arg-type]
 
     async def start(self) -> None:  # type: ignore[override]
         self.started = time.monotonic()
