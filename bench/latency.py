@@ -21,6 +21,7 @@ from .context import Bench
 from .fleet import Fleet
 from .probe import probe
 from .procs import Endpoint
+from .produce import staggered_start
 from .receive import ReceiverSpec
 from .report import Row
 from .tasks import emit_progress
@@ -40,10 +41,15 @@ def tail_loss(bench: Bench, unfinished: list[tuple[str, int]]) -> int:
 
 
 def run_tasks(bench: Bench, queue: str, ops: list[str], count: int, rate: float, task: Any) -> dict:
-    """Start one pacing task per operation on a shared schedule; wait for all of them."""
+    """Start one pacing task per operation, interleaved on a shared schedule; wait for all."""
     start_at = time.time() + 1.5  # time for the worker to take all of them off the queue
     per_op = rate / len(ops)
-    results = [task.apply_async((count, per_op, start_at), task_id=op, queue=queue) for op in ops]
+    results = [
+        task.apply_async(
+            (count, per_op, staggered_start(start_at, j, rate)), task_id=op, queue=queue
+        )
+        for j, op in enumerate(ops)
+    ]
     reports = [r.get(timeout=count / per_op + 60) for r in results]
     seconds = time.time() - start_at
     return {

@@ -38,6 +38,18 @@ def schedule_offsets(total: int, rate: float) -> list[float]:
     return [k / rate for k in range(total)]
 
 
+def staggered_start(start_at: float, index: int, rate: float) -> float:
+    """When the ``index``-th of several tasks pacing ``rate`` events/s together starts.
+
+    Tasks that each pace their share from the same instant emit at the same
+    moments: n tasks make a burst of n events every n / rate seconds, not one
+    event every 1 / rate. Offsetting task ``index`` by ``index / rate``
+    interleaves them into the even stream that ``schedule_offsets`` gives a
+    single producer, so Celery and store-direct runs carry the same load.
+    """
+    return start_at + index / rate
+
+
 def produce(spec: ProducerSpec, go: MpEvent, start_at: Any, results: Any) -> None:
     """Process entry point: report ready, wait for ``go``, emit on schedule, report."""
     store = EventStore(redis.Redis.from_url(spec.redis_url), prefix=spec.prefix)

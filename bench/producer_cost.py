@@ -23,6 +23,7 @@ from tasks.producer import Producer
 from worker_config import load_settings
 
 from .context import Bench
+from .produce import staggered_start
 from .report import Row
 from .stats import Histogram
 from .tasks import _paced, progress_cost, update_state_cost
@@ -65,7 +66,7 @@ def threaded_emits(bench: Bench, shared: bool) -> Histogram:
             emitter.emit_progress(op, current=i + 1, total=count)
             histograms[n].record(time.perf_counter() - before)
 
-        _paced(count, rate / threads, start_at, emit)
+        _paced(count, rate / threads, staggered_start(start_at, n, rate), emit)
 
     workers = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(threads)]
     for worker in workers:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from bench.fleet import split
-from bench.produce import schedule_offsets
+from bench.produce import schedule_offsets, staggered_start
 from bench.report import (
     END_MARK,
     START_MARK,
@@ -80,6 +81,18 @@ def test_delivery_merge_adds_counts_and_latencies() -> None:
 
 def test_schedule_paces_events_evenly() -> None:
     assert schedule_offsets(4, 2.0) == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_staggered_tasks_together_emit_one_event_every_interval() -> None:
+    tasks, rate, each = 100, 1000.0, 5
+    due = sorted(
+        staggered_start(10.0, j, rate) + i / (rate / tasks)
+        for j in range(tasks)
+        for i in range(each)
+    )
+    gaps = [later - earlier for earlier, later in pairwise(due)]
+    assert due[0] == 10.0
+    assert gaps == pytest.approx([1 / rate] * (tasks * each - 1), abs=1e-9)
 
 
 def test_split_deals_every_item_once_into_nonempty_parts() -> None:
