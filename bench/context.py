@@ -14,9 +14,10 @@ from typing import Any
 
 import redis
 
-import tasks
-from worker_config import load_settings
+from taskcast import tasks
+from taskcast.worker_config import celery_config, load_settings
 
+from . import tasks as bench_tasks
 from .procs import Endpoint, Processes
 
 
@@ -109,8 +110,10 @@ class Bench:
         self.backend_url = f"redis://127.0.0.1:{self.store.port}/1"
         self._queues: dict[float, str] = {}
         self.client = redis.Redis.from_url(self.store.url)
-        tasks.configure(load_settings(self.env(0.0)))  # the publisher side, here
-        self.app = tasks.app
+        settings = load_settings(self.env(0.0))
+        tasks.configure(settings)  # the publisher side, here
+        self.app = bench_tasks.app
+        self.app.conf.update(celery_config(settings))
 
     def env(self, progress_interval: float) -> dict[str, str]:
         """Environment of a worker (and of this process's publisher side)."""

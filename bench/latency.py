@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-from tasks.store import EventStore
+from taskcast.store import EventStore
 
 from .context import Bench
 from .fleet import Fleet

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.embedded_redis import EmbeddedRedis
+from taskcast.embedded_redis import EmbeddedRedis
 
 BRIDGE_READY = re.compile(r"taskcast bridge listening on ws://([\d.]+):(\d+)/ws")
 RELAY_READY = re.compile(r"thin relay listening on ws://([\d.]+):(\d+)/")
@@ -142,7 +142,7 @@ class Processes:
         """``taskcast serve`` on loopback; ``port`` 0 lets it pick a free one."""
         child = self.python(
             "bridge",
-            ["bridge", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            ["taskcast", "serve", "--host", "127.0.0.1", "--port", str(port)]
             + ["--redis-url", redis_url, "--prefix", prefix],
             env={"TASKCAST_REDIS_URL": redis_url, "TASKCAST_PREFIX": prefix},
             ready=BRIDGE_READY,

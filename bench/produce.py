@@ -16,8 +16,8 @@ from typing import Any
 
 import redis
 
-from tasks.events import Event, progress_data
-from tasks.store import EventStore
+from taskcast.events import Event, progress_data
+from taskcast.store import EventStore
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import threading
 import time
 import uuid
 
-from tasks.emitter import Emitter
-from tasks.producer import Producer
-from worker_config import load_settings
+from taskcast.tasks.emitter import Emitter
+from taskcast.tasks.producer import Producer
+from taskcast.worker_config import load_settings
 
 from .context import Bench
 from .produce import staggered_start

@@ -24,7 +24,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tasks.events import TERMINAL_EVENT_TYPES
+from taskcast.events import TERMINAL_EVENT_TYPES
 
 from .procs import raise_nofile_limit
 from .stats import Delivery, SeqTracker

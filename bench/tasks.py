@@ -1,8 +1,8 @@
 """Celery tasks that only the benchmarks run: ``celery -A bench.tasks worker``.
 
-Importing ``tasks`` builds the taskcast app from the environment and connects
-its lifecycle signals, so a worker started on this module behaves exactly like
-a production ``celery -A tasks worker``, plus these tasks. Every loop is
+The module builds its app from the environment and instruments it, as a
+user's project does, so a worker started on it behaves exactly like a
+production worker, plus these tasks. Every loop is
 bounded by its ``count``; pacing uses an absolute schedule shared by all
 tasks of a run (``start_at``, epoch seconds), so 100 tasks together produce
 the intended aggregate rate.
@@ -14,11 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 
-from tasks import ProgressTask, app
+from taskcast import ProgressTask, instrument
+from taskcast.worker_config import celery_config, load_settings
 
 from .stats import Histogram
+
+app = Celery("taskcast_bench")
+app.conf.update(celery_config(load_settings()))
+instrument(app)
 
 __all__ = ["app", "emit_progress", "progress_cost", "update_state_cost", "update_state_progress"]
 

@@ -12,9 +12,8 @@ import dataclasses
 import threading
 from typing import Any
 
-from worker_config.settings import Settings, load_settings
-
-from .server import Bridge
+from taskcast.bridge.server import Bridge
+from taskcast.worker_config.settings import Settings, load_settings
 
 _lock = threading.Lock()
 _runner: _Runner | None = None

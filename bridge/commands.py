@@ -15,18 +15,12 @@ from typing import Any
 
 import orjson
 
-PROTOCOL_VERSION = 1
+from taskcast.protocol import BAD_REQUEST, PROTOCOL_VERSION, UNKNOWN_COMMAND
+
 MAX_ID_LENGTH = 256
 MAX_STATUS_LENGTH = 64
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
-
-BAD_REQUEST = "bad_request"
-UNKNOWN_COMMAND = "unknown_command"
-NOT_FOUND = "not_found"
-TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
-# Not in PROTOCOL.md's list: the event store (Redis) cannot be reached right now.
-UNAVAILABLE = "unavailable"
 
 RequestId = str | int | float
 

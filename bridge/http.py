@@ -19,20 +19,18 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from .commands import (
-    BAD_REQUEST,
+from taskcast.bridge.commands import (
     MAX_ID_LENGTH,
-    NOT_FOUND,
-    UNAVAILABLE,
     error_body,
     list_limit,
     list_status,
     not_found_message,
 )
-from .reader import STORE_ERRORS
+from taskcast.bridge.reader import STORE_ERRORS
+from taskcast.protocol import BAD_REQUEST, NOT_FOUND, UNAVAILABLE
 
 if TYPE_CHECKING:
-    from .server import Bridge
+    from taskcast.bridge.server import Bridge
 
 WEBSOCKET_PATHS = frozenset({"/", "/ws"})
 CONTENT_TYPES = {

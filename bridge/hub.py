@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from tasks.store import LiveEvent
+from taskcast.keys import LiveEvent
 
 # What a frame in an outbox is, for the counters: a command reply, an event read
 # from history during a subscribe, or an event from the live tail.
@@ -346,9 +346,11 @@ class Hub:
         return True
 
     def _buffer(self, conn: Connection, sub: Subscription, seq: int, frame: Frame) -> None:
+        """Hold an event of a subscription whose history is being read (``pending`` is a list)."""
         if conn.queued_bytes > self.send_buffer_bytes:
             self._condemn(conn)
             return
+        assert sub.pending is not None
         sub.pending.append((seq, frame))
         conn.queued_bytes += len(frame.payload)
 

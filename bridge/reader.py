@@ -1,7 +1,7 @@
 """The bridge's asynchronous view of the event store: command reads and the one live tail.
 
 A thin adapter over redis.asyncio (bytes, never decoded): key names and
-decoding come from :mod:`tasks.store`, routing decisions from the hub.
+decoding come from :mod:`taskcast.keys`, routing decisions from the hub.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from tasks.events import FINISHED_STATUSES
-from tasks.store import (
+from taskcast.events import FINISHED_STATUSES
+from taskcast.keys import (
     Keys,
     LiveEvent,
     decode_history,
@@ -113,7 +113,9 @@ class StoreReader:
         indexed = int(await self.client.zcard(self.keys.index))
         active = total = start = 0
         while start < indexed:
-            ids = await self.client.zrevrange(self.keys.index, start, start + _SCAN_PAGE - 1)
+            ids: list[bytes] = await self.client.zrevrange(
+                self.keys.index, start, start + _SCAN_PAGE - 1
+            )
             if not ids:
                 break
             async with self.client.pipeline(transaction=False) as pipe:
@@ -165,7 +167,7 @@ class LiveTail:
 
     async def find_position(self) -> None:
         """Start after the newest entry stored so far (``0-0`` if the stream is empty)."""
-        newest = await self.client.xrevrange(self.key, count=1)
+        newest: list[tuple[bytes, Any]] = await self.client.xrevrange(self.key, count=1)
         self.position = newest[0][0] if newest else b"0-0"
         self.healthy = True
         self.positioned.set()
@@ -177,7 +179,8 @@ class LiveTail:
             try:
                 if self.position is None:
                     await self.find_position()
-                reply = await self.client.xread(
+                assert self.position is not None
+                reply: Any = await self.client.xread(
                     {self.key: self.position}, count=self.count, block=self.block_ms
                 )
             except STORE_ERRORS as exc:

@@ -14,9 +14,8 @@ import sys
 
 import click
 
-from worker_config.settings import VARIABLES, Settings, load_settings
-
-from .server import Bridge
+from taskcast.bridge.server import Bridge
+from taskcast.worker_config.settings import VARIABLES, Settings, load_settings
 
 log = logging.getLogger("taskcast.bridge")
 

@@ -30,13 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from tasks.store import is_recovered
-from worker_config.settings import Settings
-
-from .commands import (
-    NOT_FOUND,
-    TOO_MANY_SUBSCRIPTIONS,
-    UNAVAILABLE,
+from taskcast.bridge.commands import (
     Command,
     CommandError,
     connected_frame,
@@ -46,11 +40,14 @@ from .commands import (
     parse_command,
     subscribed_frame,
 )
-from .http import HttpRoutes
-from .hub import LIVE, Connection, Hub, Subscription
-from .metrics import BridgeMetrics
-from .reader import STORE_ERRORS, LiveTail, StoreReader
-from .sweeper import sweep_periodically
+from taskcast.bridge.http import HttpRoutes
+from taskcast.bridge.hub import LIVE, Connection, Hub, Subscription
+from taskcast.bridge.metrics import BridgeMetrics
+from taskcast.bridge.reader import STORE_ERRORS, LiveTail, StoreReader
+from taskcast.bridge.sweeper import sweep_periodically
+from taskcast.keys import is_recovered
+from taskcast.protocol import NOT_FOUND, TOO_MANY_SUBSCRIPTIONS, UNAVAILABLE
+from taskcast.worker_config.settings import Settings
 
 log = logging.getLogger("taskcast.bridge")
 
@@ -387,6 +384,8 @@ class Bridge:
     async def stats(self) -> dict[str, Any]:
         """``get_stats``' object; operation counts are null while Redis is unreachable."""
         stats: dict[str, Any] = self.hub.snapshot_stats()
+        active: int | None
+        total: int | None
         try:
             active, total = await self._operation_counts()
         except STORE_ERRORS:

@@ -2,7 +2,7 @@
 
 A worker killed outright (SIGKILL, a lost machine) sends no failure; its
 heartbeats just stop. Bridges are always up while workers come and go, so
-they run :func:`tasks.sweep_lost`: an operation whose worker missed three
+they run :func:`taskcast.liveness.sweep_lost`: an operation whose worker missed three
 beats ends as ``lost``. Several bridges sweeping at once is harmless: the
 store refuses a second terminal event.
 """
@@ -14,9 +14,9 @@ import logging
 
 import redis
 
-from tasks.heartbeat import sweep_lost
-from tasks.store import EventStore
-from worker_config import Settings
+from taskcast.liveness import sweep_lost
+from taskcast.store import EventStore
+from taskcast.worker_config import Settings
 
 log = logging.getLogger("taskcast.bridge")
 MISSED_BEATS = 3

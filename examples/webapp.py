@@ -16,7 +16,9 @@ import os
 
 from flask import Flask, jsonify, request
 
-from tasks import app as celery_app
+from taskcast.terminal import submitting_app
+
+celery_app = submitting_app("taskcast_webapp")
 
 BRIDGE = os.environ.get("TASKCAST_PUBLIC_URL", "http://127.0.0.1:8765").rstrip("/")
 TASKS = {

@@ -6,7 +6,7 @@
     python examples/websocket_client_python.py interactive      # type commands
 
 Set TASKCAST_URL (default ws://127.0.0.1:8765/ws) to reach another bridge.
-It uses ``bridge.client``, which resumes after reconnects without gaps.
+It uses ``taskcast.client``, which resumes after reconnects without gaps.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from bridge.client import BridgeUnavailable, CommandError, TaskcastClient
+from taskcast.client import BridgeUnavailable, CommandError, TaskcastClient
 
 URL = os.environ.get("TASKCAST_URL", "ws://127.0.0.1:8765/ws")
 

@@ -1,47 +1,75 @@
-"""The Celery side of taskcast: the event store, the task helper, lifecycle signals.
+"""``taskcast.tasks``: the Celery side of taskcast.
 
-The event store and event encoding import without Celery, so the bridge can
-read the store without building an app. Everything else loads on first use:
-``tasks.app`` (what ``celery -A tasks worker`` asks for) builds the Celery app
-from the environment, connects the lifecycle signal handlers and registers
-the sample tasks; a bad setting stops it there with a message naming the
-variable.
+Instrumentation of any Celery app (:func:`instrument`), the task helper
+(``ProgressTask``, the current-task helpers, ``ProgressRecorder``), the
+producer that stores events (coalescing, fail-safe), the emitter for work
+that is not a Celery task, and worker heartbeats. Importing it builds no app,
+reads no setting and opens no connection: each name loads its module on
+first use, and the settings load on the first event.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .events import Event
-from .heartbeat import sweep_lost
-from .store import EventStore, Keys
-from .tracker import ProgressTracker
+from taskcast.lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from taskcast.tasks.current import ProgressRecorder, log, progress, status
+    from taskcast.tasks.emitter import (
+        AsyncEmitter,
+        AsyncOperation,
+        Emitter,
+        Operation,
+        StreamingMixin,
+        ws_manager,
+    )
+    from taskcast.tasks.lifecycle import instrument, is_instrumented
+    from taskcast.tasks.runtime import configure, get_producer, get_settings, producer_stats
+    from taskcast.tasks.task import ProgressTask
+    from taskcast.tasks.tracker import ProgressTracker
 
 # name -> submodule that defines it; imported when first asked for.
 _LAZY = {
-    "app": "celery_app",
-    "configure": "celery_app",
-    "get_producer": "celery_app",
-    "get_settings": "celery_app",
-    "producer_stats": "celery_app",
-    "AsyncEmitter": "emitter",
-    "AsyncOperation": "emitter",
-    "Emitter": "emitter",
-    "Operation": "emitter",
-    "StreamingMixin": "emitter",
-    "ws_manager": "emitter",
-    "ProgressTask": "task",
+    "instrument": ".lifecycle",
+    "is_instrumented": ".lifecycle",
+    "ProgressTask": ".task",
+    "progress": ".current",
+    "status": ".current",
+    "log": ".current",
+    "ProgressRecorder": ".current",
+    "Emitter": ".emitter",
+    "AsyncEmitter": ".emitter",
+    "Operation": ".emitter",
+    "AsyncOperation": ".emitter",
+    "StreamingMixin": ".emitter",
+    "ws_manager": ".emitter",
+    "ProgressTracker": ".tracker",
+    "configure": ".runtime",
+    "get_settings": ".runtime",
+    "get_producer": ".runtime",
+    "producer_stats": ".runtime",
 }
 
-__all__ = ["Event", "EventStore", "Keys", "ProgressTracker", "sweep_lost", *_LAZY]
+__all__ = [
+    "instrument",
+    "is_instrumented",
+    "ProgressTask",
+    "progress",
+    "status",
+    "log",
+    "ProgressRecorder",
+    "Emitter",
+    "AsyncEmitter",
+    "Operation",
+    "AsyncOperation",
+    "StreamingMixin",
+    "ws_manager",
+    "ProgressTracker",
+    "configure",
+    "get_settings",
+    "get_producer",
+    "producer_stats",
+]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tasks' has no attribute {name!r}")
-    # The app comes with its lifecycle signal handlers and the sample tasks.
-    importlib.import_module(".signals", __name__)
-    importlib.import_module(".samples", __name__)
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)

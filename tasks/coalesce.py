@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .events import Event
+from taskcast.events import Event
 
 
 @dataclass

@@ -20,16 +20,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .celery_app import get_producer
-from .events import Event, bounded_result, error_data, log_data, progress_data, status_data
-from .producer import Producer
-from .tracker import ProgressTracker
+from taskcast.events import Event, bounded_result, error_data, log_data, progress_data, status_data
+from taskcast.tasks.runtime import get_producer
+from taskcast.tasks.tracker import ProgressTracker
+
+if TYPE_CHECKING:
+    from taskcast.tasks.producer import Producer
 
 
 class Emitter:
-    """Blocking event emission through a producer (default: the current ``tasks`` one).
+    """Blocking event emission through a producer (default: the current one, see ``runtime``).
 
     Like every producer call, nothing here raises because Redis is down;
     invalid arguments (an unknown log level) do raise ``ValueError``.
@@ -40,7 +42,7 @@ class Emitter:
 
     @property
     def producer(self) -> Producer:
-        """The fixed producer, else the one ``tasks.configure`` set last."""
+        """The fixed producer, else the one ``taskcast.tasks.configure`` set last."""
         if self._producer is not None:
             return self._producer
         return get_producer()
@@ -294,7 +296,7 @@ class AsyncOperation(Operation):
         self.started = time.monotonic()
         await self.emitter.emit_running(self.id, self.operation_type, self.metadata)
 
-    async def finish(self, result: Any = None) -> Any:  # type: ignore[override]
+    async def finish(self, result: Any = None) -> Any:
         self.ended = True
         await self.emitter.finish(self.id, result, self.duration())
         return result
@@ -322,7 +324,7 @@ class AsyncOperation(Operation):
 
 
 ws_manager = AsyncEmitter()
-"""The original design's module-level emitter, following ``tasks.configure``."""
+"""The original design's module-level emitter, following ``taskcast.tasks.configure``."""
 
 _streaming: ContextVar[AsyncOperation] = ContextVar("taskcast_streaming")
 

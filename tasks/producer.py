@@ -25,11 +25,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker_config import Settings
-
-from .coalesce import Coalescer
-from .events import TERMINAL_EVENT_TYPES, Event
-from .store import EventStore
+from taskcast.events import TERMINAL_EVENT_TYPES, Event
+from taskcast.store import EventStore
+from taskcast.tasks.coalesce import Coalescer
+from taskcast.worker_config import Settings
 
 logger = logging.getLogger("taskcast.producer")
 

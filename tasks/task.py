@@ -1,9 +1,13 @@
 """``ProgressTask``: the base class that gives a Celery task its progress helper.
 
-Declare ``@app.task(bind=True, base=ProgressTask)`` and call ``self.progress``,
-``self.status``, ``self.log`` or ``self.tracker`` inside; the operation id is
-the task id. Lifecycle events (queued, running, result, completed, error) are
-not emitted here but by the signal handlers, for every task alike.
+Declare ``@app.task(bind=True, base=ProgressTask)`` or
+``@shared_task(bind=True, base=ProgressTask)`` in any app and call
+``self.progress``, ``self.status``, ``self.log`` or ``self.tracker`` inside;
+the operation id is the task id. Lifecycle events (queued, running, result,
+completed, error) are not emitted here but by the signal handlers of
+:mod:`taskcast.tasks.lifecycle`, which a ``ProgressTask`` switches on for
+itself when it is declared, so its operations are complete even in an app
+nobody instrumented.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from typing import Any
 
 from celery import Task
 
-from .emitter import Emitter, Operation
-from .tracker import ProgressTracker
+from taskcast.tasks.emitter import Emitter, Operation
+from taskcast.tasks.lifecycle import record_lifecycle_of
+from taskcast.tasks.tracker import ProgressTracker
 
 PROGRESS_STATE = "PROGRESS"
 
@@ -26,6 +31,12 @@ class ProgressTask(Task):
     """
 
     emitter = Emitter()
+    taskcast_lifecycle = True  # the signal handlers record this task whatever its app
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Runs when a task is declared with this base (Celery makes a subclass per task)."""
+        super().__init_subclass__(**kwargs)
+        record_lifecycle_of(getattr(cls, "name", None))
 
     @property
     def operation_id(self) -> str | None:

@@ -33,10 +33,6 @@ class ProgressTracker:
         self._report = report
         self._finish = finish
 
-    @property
-    def fraction(self) -> float:
-        return self.current_step / self.total_steps
-
     def step(self, message: str = "", details: dict[str, Any] | None = None) -> Any:
         """Advance by one step (never past the last) and report it."""
         self.current_step = min(self.total_steps, self.current_step + 1)

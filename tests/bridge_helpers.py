@@ -5,7 +5,7 @@
 - :class:`WsClient`: a real ``websockets`` client that collects every frame in
   the background, with ``request()`` (send a command, await the reply with the
   same request_id) and ``wait_for()``/``wait_events()`` (poll with a deadline).
-- :class:`BridgeProcess`: ``python -m bridge serve --port 0`` as a subprocess,
+- :class:`BridgeProcess`: ``python -m taskcast serve --port 0`` as a subprocess,
   its port read from the ``listening on`` log line, for restart and signal tests.
 - :class:`RestartableBridge`: ``taskcast serve`` on a fixed port, stopped or
   killed and started again in its place (clients must resume across it).
@@ -32,9 +32,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bridge.embedded_redis import free_port
-from bridge.server import Bridge
-from worker_config.settings import load_settings
+from taskcast.bridge.server import Bridge
+from taskcast.embedded_redis import free_port
+from taskcast.worker_config.settings import load_settings
 
 LISTENING = re.compile(r"taskcast bridge listening on ws://(?P<host>[^:]+):(?P<port>\d+)/ws")
 Frame = dict[str, Any]
@@ -168,7 +168,7 @@ class BridgeProcess:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", *args],
+            [sys.executable, "-m", "taskcast", "serve", *args],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,

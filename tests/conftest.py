@@ -16,11 +16,11 @@ from bridge_helpers import RestartableBridge, WsClient, running_bridge
 from celery import Celery
 from helpers import TaskRun, WorkerProcess, events_of, wait_finished, worker_env
 
-import tasks
-from bridge import Bridge
-from bridge.embedded_redis import EmbeddedRedis
-from tasks.store import EventStore
-from worker_config import Settings, load_settings
+from taskcast import tasks
+from taskcast.bridge import Bridge
+from taskcast.embedded_redis import EmbeddedRedis
+from taskcast.store import EventStore
+from taskcast.worker_config import Settings, celery_config, load_settings
 
 _prefixes = itertools.count()
 
@@ -76,21 +76,26 @@ def task_settings(redis_server: EmbeddedRedis) -> Settings:
 @pytest.fixture(scope="session")
 def celery_worker(task_settings: Settings) -> Iterator[Any]:
     """One in-process Celery worker (4 threads) for the session, on the default queue."""
-    import worker_tasks  # noqa: F401  (registers the test tasks)
+    import worker_tasks
     from celery.contrib.testing.worker import start_worker
 
+    worker_tasks.app.conf.update(celery_config(task_settings))
     tasks.configure(task_settings)
     with start_worker(
-        tasks.app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
+        worker_tasks.app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        loglevel="WARNING",
     ) as worker:
         yield worker
 
 
 @pytest.fixture
 def task_app(task_settings: Settings, prefix: str, celery_worker: Any) -> Iterator[Celery]:
-    """``tasks.app`` with the in-process worker running and events stored under ``prefix``."""
+    """The tests' app with the in-process worker running and events stored under ``prefix``."""
     tasks.configure(replace(task_settings, prefix=prefix))
-    yield tasks.app
+    yield celery_worker.app
     tasks.configure(task_settings)
 
 
@@ -114,7 +119,7 @@ def worker_process(
     task_settings: Settings, prefix: str, tmp_path: Path, task_app: Celery
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """``worker_process(pool="prefork", concurrency=1, settings=None, **env)`` starts a
-    ``celery -A tasks worker`` subprocess on a queue of its own (``.queue``; send with
+    ``celery -A worker_tasks worker`` subprocess on a queue of its own (``.queue``; send with
     ``queue=``), storing under this test's prefix, and waits until it is ready. All
     are stopped at teardown."""
     started: list[WorkerProcess] = []

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import orjson
 import psutil
 
-from tasks.events import FINISHED_STATUSES
-from tasks.store import EventStore
-from worker_config import Settings, to_environment
+from taskcast.events import FINISHED_STATUSES
+from taskcast.store import EventStore
+from taskcast.worker_config import Settings, to_environment
 
 T = TypeVar("T")
 TESTS_DIR = Path(__file__).resolve().parent
@@ -78,7 +78,7 @@ class TaskRun:
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a ``celery -A tasks worker`` that uses ``settings``."""
+    """The environment of a ``celery -A worker_tasks worker`` that uses ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKCAST_", "CELERY_"))}
     env.update(to_environment(settings))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
@@ -87,7 +87,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A ``celery -A tasks worker`` subprocess consuming its own queue.
+    """A ``celery -A worker_tasks worker`` subprocess consuming its own queue.
 
     Its own queue, so the session's in-process worker never takes its tasks.
     Output goes to ``log_path``; :meth:`stop` kills the whole process group.
@@ -110,10 +110,8 @@ class WorkerProcess:
             "-m",
             "celery",
             "-A",
-            "tasks",
-            "worker",
-            "--include",
             "worker_tasks",
+            "worker",
             "-P",
             pool,
             "-c",

@@ -10,9 +10,9 @@ import pytest
 import redis
 from bridge_helpers import WsClient, eventually, running_bridge
 
-from bridge import Bridge
-from tasks.events import Event, log_data, progress_data, status_data
-from tasks.store import EventStore
+from taskcast.bridge import Bridge
+from taskcast.events import Event, log_data, progress_data, status_data
+from taskcast.store import EventStore
 
 OpenClient = Callable[..., Awaitable[WsClient]]
 

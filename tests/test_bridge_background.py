@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-import bridge
-from bridge.commands import COMMANDS
-from tasks.events import Event, progress_data
-from tasks.store import EventStore
-from worker_config.settings import load_settings
+from taskcast import bridge
+from taskcast.bridge.commands import COMMANDS
+from taskcast.events import Event, progress_data
+from taskcast.store import EventStore
+from taskcast.worker_config.settings import load_settings
 
 
 @pytest.fixture

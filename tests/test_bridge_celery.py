@@ -9,7 +9,7 @@ import orjson
 from bridge_helpers import WsClient
 from celery import Celery
 
-from tasks.store import EventStore
+from taskcast.store import EventStore
 
 OpenClient = Callable[..., Awaitable[WsClient]]
 

@@ -9,9 +9,9 @@ from bridge_helpers import WsClient, eventually, http_get, running_bridge
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from bridge.embedded_redis import EmbeddedRedis
-from tasks.events import Event, progress_data, status_data
-from tasks.store import EventStore
+from taskcast.embedded_redis import EmbeddedRedis
+from taskcast.events import Event, progress_data, status_data
+from taskcast.store import EventStore
 
 PAD = "x" * 16_000
 

@@ -13,9 +13,9 @@ from bridge_helpers import WsClient, http_get, running_bridge
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from bridge import Bridge
-from tasks.events import Event, progress_data, status_data
-from tasks.store import EventStore
+from taskcast.bridge import Bridge
+from taskcast.events import Event, progress_data, status_data
+from taskcast.store import EventStore
 
 
 async def get(bridge: Bridge, path: str) -> tuple[int, str, bytes]:

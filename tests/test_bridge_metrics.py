@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.metrics import LAG_BUCKETS, LagHistogram
+from taskcast.bridge.metrics import LAG_BUCKETS, LagHistogram
 
 
 def buckets(histogram: LagHistogram) -> dict[str, float]:

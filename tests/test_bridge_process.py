@@ -16,8 +16,8 @@ from bridge_helpers import BridgeProcess
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tasks.events import Event, progress_data, status_data
-from tasks.store import EventStore
+from taskcast.events import Event, progress_data, status_data
+from taskcast.store import EventStore
 
 
 def serve(redis_url: str, prefix: str) -> BridgeProcess:
@@ -137,7 +137,7 @@ def test_a_port_in_use_is_a_one_line_error(redis_url: str) -> None:
 def test_a_bad_environment_variable_stops_every_command_in_one_line(command: list[str]) -> None:
     env = dict(os.environ, TASKCAST_HISTORY_MAXLEN="abc")
     run = subprocess.run(
-        [sys.executable, "-m", "bridge", *command], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "taskcast", *command], env=env, capture_output=True, text=True
     )
     assert run.returncode == 2
     assert run.stderr.splitlines() == [

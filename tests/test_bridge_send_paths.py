@@ -14,9 +14,9 @@ import redis
 from bridge_helpers import WsClient, eventually, running_bridge
 from websockets.asyncio.client import ClientConnection, connect
 
-from bridge.server import Peer
-from tasks.events import Event, progress_data
-from tasks.store import EventStore
+from taskcast.bridge.server import Peer
+from taskcast.events import Event, progress_data
+from taskcast.store import EventStore
 
 PAD = "x" * 16_000
 
@@ -72,3 +72,19 @@ async def test_a_client_that_pauses_reading_then_resumes_gets_every_event_once_i
         assert paused.close_code is None and bridge.hub.stats.slow_consumer_disconnects == 0
         await paused.close()
         await watcher.close()
+
+
+VERIFIED_WEBSOCKETS_MAJORS = range(14, 18)  # pyproject.toml: websockets>=14.0,<18
+
+
+def test_the_installed_websockets_is_one_the_direct_write_path_was_verified_on() -> None:
+    """The direct path uses ``ServerConnection.protocol`` and ``.transport``, which websockets
+    does not document as public: a new major version must be checked before it is allowed."""
+    import websockets
+
+    major = int(websockets.__version__.split(".")[0])
+    assert major in VERIFIED_WEBSOCKETS_MAJORS, (
+        f"websockets {websockets.__version__} is not verified: check Bridge._write_direct "
+        "(connection.protocol.send_text/data_to_send, connection.transport) against it, "
+        "then widen VERIFIED_WEBSOCKETS_MAJORS and the bound in pyproject.toml"
+    )

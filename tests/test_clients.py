@@ -16,17 +16,17 @@ from bridge_helpers import RestartableBridge, eventually, running_bridge
 from celery import Celery
 from helpers import ROOT_DIR, events_of, wait_finished
 
-import bridge.client as client_module
-from bridge import Bridge
-from bridge.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
-from bridge.embedded_redis import EmbeddedRedis, free_port
-from tasks.events import Event, status_data
-from tasks.store import EventStore
+import taskcast.client as client_module
+from taskcast.bridge import Bridge
+from taskcast.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
+from taskcast.embedded_redis import EmbeddedRedis, free_port
+from taskcast.events import Event, status_data
+from taskcast.store import EventStore
 
 
 def taskcast(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
+        [sys.executable, "-m", "taskcast", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -196,7 +196,7 @@ def test_monitor_and_stats_commands(
 ) -> None:
     url = restartable_bridge.url
     monitor = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "monitor", "--url", url, "--duration", "6"],
+        [sys.executable, "-m", "taskcast", "monitor", "--url", url, "--duration", "6"],
         env=restartable_bridge.env,
         stdout=subprocess.PIPE,
         text=True,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.coalesce import Coalescer
-from tasks.events import Event, progress_data
+from taskcast.events import Event, progress_data
+from taskcast.tasks.coalesce import Coalescer
 
 
 class FakeClock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from bridge.commands import (
+from taskcast.bridge.commands import (
     BAD_REQUEST,
     MAX_ID_LENGTH,
     UNKNOWN_COMMAND,

@@ -22,9 +22,9 @@ from bridge_helpers import RestartableBridge
 from celery import Celery
 from helpers import ROOT_DIR, events_of, wait_finished
 from playwright.sync_api import Browser, Page, sync_playwright
-from system_packages import ensure_binary
+from system_packages import require_binary
 
-from tasks.store import EventStore
+from taskcast.store import EventStore
 
 ARTIFACTS = ROOT_DIR / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -65,7 +65,7 @@ new MutationObserver((mutations) => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = ensure_binary("chromium", "chromium")
+    executable = require_binary("chromium", "chromium")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser

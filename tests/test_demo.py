@@ -14,7 +14,7 @@ import psutil
 from bridge_helpers import WsClient
 from helpers import wait_for
 
-from bridge.embedded_redis import free_port
+from taskcast.embedded_redis import free_port
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -28,7 +28,7 @@ def start_demo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKCAST_", "CELERY_"))}
     env["TASKCAST_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing answers there
     demo = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "demo", "--no-browser", *args],
+        [sys.executable, "-m", "taskcast", "demo", "--no-browser", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -52,7 +52,7 @@ async def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
         assert any("started a private one" in line for line in lines)
         children = {p.pid: p for p in descendants(demo.pid)}
         names = " ".join(" ".join(p.cmdline()) for p in children.values())
-        assert "redis-server" in names and "celery" in names and "bridge serve" in names
+        assert "redis-server" in names and "celery" in names and "taskcast serve" in names
         client = await WsClient.open(f"ws://127.0.0.1:{port}/ws")
         await client.request("subscribe_all")
         done = await client.wait_for(lambda f: f.get("event_type") == "completed", timeout=30)

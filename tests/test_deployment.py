@@ -1,7 +1,8 @@
 """The deployment users copy: docker-compose.yml and the Dockerfile.
 
 No Docker engine runs here, so the compose file is validated by docker-compose
-itself (``config`` needs no engine), and the commands the image runs are
+itself (``config`` needs no engine), the image's build is reproduced from
+exactly what its Dockerfile copies, and the commands the image runs are
 checked to be the ones the end-to-end tests run.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from system_packages import ensure_binary
+from system_packages import require_binary
+from test_packaging import clean_env, make_venv, pip_install
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +28,7 @@ def compose() -> dict:
 
 
 def test_compose_file_is_valid_for_docker_compose(tmp_path: Path) -> None:
-    binary = ensure_binary("docker-compose", "docker-compose")
+    binary = require_binary("docker-compose", "docker-compose")
     ok = subprocess.run(
         [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
@@ -44,12 +47,57 @@ def test_workers_scale_and_every_service_has_a_health_check(compose: dict) -> No
     assert set(services) == {"redis", "worker", "bridge"}
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker
-    assert worker["command"][:4] == ["celery", "-A", "tasks", "worker"]
+    assert worker["command"][:4] == ["celery", "-A", "taskcast.demo.worker", "worker"]
     for name, service in services.items():
         assert "healthcheck" in service, name
     env = worker["environment"]
     assert env == services["bridge"]["environment"]
     assert env["TASKCAST_REDIS_URL"].startswith("redis://redis:")
+
+
+def test_bridges_scale_and_redis_keeps_its_data(compose: dict) -> None:
+    bridge = compose["services"]["bridge"]
+    assert "container_name" not in bridge
+    (published,) = bridge["ports"]
+    host, container = str(published).rsplit(":", 1)
+    assert container == "8765" and "-" in host, "one fixed host port cannot serve N bridges"
+    redis_command = compose["services"]["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+
+
+def dockerfile_copies(dockerfile: str) -> list[tuple[str, str]]:
+    """``(source, destination)`` of every COPY instruction, in order."""
+    copies = []
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            *sources, destination = line.split()[1:]
+            copies.extend((source, destination) for source in sources)
+    return copies
+
+
+def test_the_image_builds_from_what_its_dockerfile_copies(tmp_path: Path) -> None:
+    """The image's ``pip install .`` runs on a build context holding exactly the COPY sources."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^RUN pip install \. ", dockerfile, re.M)
+    context = tmp_path / "app"
+    context.mkdir()
+    for source, destination in dockerfile_copies(dockerfile):
+        target = context / destination
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, target / Path(source).name)
+    # The dependencies come from this interpreter; the package itself only from the context.
+    env = make_venv(tmp_path / "env", system_site_packages=True)
+    pip_install(env, "--no-deps", str(context))
+    out = env.run("-m", "taskcast", "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "serve" in out.stdout and "demo" in out.stdout
+    where = env.run("-c", "import taskcast.bridge; print(taskcast.bridge.__file__)", cwd=tmp_path)
+    assert where.stdout.startswith(str(env.path)), where.stdout + where.stderr
+    script = env.path / "bin" / "taskcast"
+    assert subprocess.run([script, "--help"], capture_output=True, env=clean_env()).returncode == 0
 
 
 def test_image_default_command_is_the_compose_bridge_command(compose: dict) -> None:
@@ -60,7 +108,7 @@ def test_image_default_command_is_the_compose_bridge_command(compose: dict) -> N
 
 
 def test_readme_documents_every_setting_with_its_default() -> None:
-    from worker_config import VARIABLES, Settings
+    from taskcast.worker_config import VARIABLES, Settings
 
     rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", (ROOT / "README.md").read_text(), re.M))
     defaults = Settings()

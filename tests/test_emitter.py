@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 from helpers import events_of, summary, wait_for
 
-from bridge.embedded_redis import EmbeddedRedis, free_port
-from tasks import AsyncEmitter, Emitter, StreamingMixin
-from tasks.events import Event, progress_data
-from tasks.producer import Producer
-from tasks.store import EventStore
-from worker_config import Settings
+from taskcast.embedded_redis import EmbeddedRedis, free_port
+from taskcast.events import Event, progress_data
+from taskcast.store import EventStore
+from taskcast.tasks import AsyncEmitter, Emitter, StreamingMixin
+from taskcast.tasks.producer import Producer
+from taskcast.worker_config import Settings
 
 
 @pytest.fixture

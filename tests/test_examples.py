@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import pytest
 from celery import Celery
 from helpers import ROOT_DIR, wait_finished
 
-from tasks.store import EventStore
+from taskcast.store import EventStore
+from taskcast.worker_config import Settings, to_environment
 
 
 @pytest.fixture
-def webapp():
+def webapp(task_settings: Settings, prefix: str, monkeypatch: pytest.MonkeyPatch):
+    """The example as its README runs it: configured by the environment (this test's Redis)."""
+    for variable, value in to_environment(replace(task_settings, prefix=prefix)).items():
+        monkeypatch.setenv(variable, value)
     spec = importlib.util.spec_from_file_location("webapp", ROOT_DIR / "examples" / "webapp.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

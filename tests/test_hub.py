@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from bridge.hub import LIVE, REPLAYED, REPLY, Connection, Hub, Subscription, stored_at
-from tasks.store import LiveEvent
+from taskcast.bridge.hub import LIVE, REPLAYED, REPLY, Connection, Hub, Subscription, stored_at
+from taskcast.keys import LiveEvent
 
 _ids = itertools.count(1)
 

@@ -27,10 +27,10 @@ import redis
 from bridge_helpers import RestartableBridge
 from helpers import ROOT_DIR, TESTS_DIR, worker_env
 
-from bridge.embedded_redis import EmbeddedRedis
-from tasks.events import Event, log_data
-from tasks.store import EventStore
-from worker_config.settings import Settings
+from taskcast.embedded_redis import EmbeddedRedis
+from taskcast.events import Event, log_data
+from taskcast.store import EventStore
+from taskcast.worker_config.settings import Settings
 
 NODE = shutil.which("node")
 JS_TESTS = TESTS_DIR / "js"

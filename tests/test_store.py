@@ -6,8 +6,8 @@ import threading
 
 import orjson
 
-from tasks.events import Event, error_data, progress_data, status_data
-from tasks.store import EventStore
+from taskcast.events import Event, error_data, progress_data, status_data
+from taskcast.store import EventStore
 
 
 def status(op: str, name: str, **kw) -> Event:

@@ -8,8 +8,8 @@ import time
 
 from helpers import events_of, wait_for
 
-from tasks import Emitter, sweep_lost
-from tasks.heartbeat import beat
+from taskcast.liveness import beat, sweep_lost
+from taskcast.tasks import Emitter
 
 
 def test_sweep_ends_operations_of_a_killed_worker_only(worker_process, task_app, store) -> None:
@@ -55,7 +55,7 @@ async def test_a_bridge_ends_operations_of_a_silent_worker_for_its_subscribers(
 ) -> None:
     from bridge_helpers import WsClient, running_bridge
 
-    from tasks.events import Event, status_data
+    from taskcast.events import Event, status_data
 
     beat(store, "gone@host", now=time.time() - 60)
     beat(store, "alive@host")

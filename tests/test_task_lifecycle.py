@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 from helpers import events_of, summary, wait_finished
 
-import tasks
-from tasks.signals import publish_metadata, seconds_until
-from tasks.store import EventStore
+from taskcast import tasks
+from taskcast.store import EventStore
+from taskcast.tasks.lifecycle import publish_metadata, seconds_until
 
 
 def assert_gap_free(events: list[dict]) -> None:

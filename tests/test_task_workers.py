@@ -1,4 +1,4 @@
-"""Real ``celery -A tasks worker`` subprocesses: concurrency, faults, outages and bounds."""
+"""Real ``celery -A worker_tasks worker`` subprocesses: concurrency, faults, outages and bounds."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from dataclasses import replace
 
 from helpers import events_of, summary, wait_finished, wait_for
 
-import tasks
-from bridge.embedded_redis import EmbeddedRedis
-from tasks.events import Event, log_data
-from tasks.store import EventStore
+from taskcast import tasks
+from taskcast.embedded_redis import EmbeddedRedis
+from taskcast.events import Event, log_data
+from taskcast.store import EventStore
 
 
 def gap_free(events: list[dict]) -> bool:

@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import ROOT_DIR, worker_env
 
-from worker_config import Settings
+from taskcast.worker_config import Settings
 
 
 def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -26,10 +26,11 @@ def test_environment_configures_the_app_and_the_producer(task_settings: Settings
         TASKCAST_RESULT_MAX_BYTES="128",
     )
     code = (
-        "import tasks; s = tasks.get_settings(); p = tasks.get_producer();"
-        "print(tasks.app.conf.broker_url, tasks.app.conf.result_backend, s.prefix,"
+        "import worker_tasks; from taskcast import tasks; app = worker_tasks.app;"
+        "s = tasks.get_settings(); p = tasks.get_producer();"
+        "print(app.conf.broker_url, app.conf.result_backend, s.prefix,"
         " p.store.history_maxlen, p.coalescer.interval, s.result_max_bytes,"
-        " tasks.app.conf.task_acks_late, tasks.app.conf.worker_prefetch_multiplier)"
+        " app.conf.task_acks_late, app.conf.worker_prefetch_multiplier)"
     )
     out = run([sys.executable, "-c", code], env)
     assert out.returncode == 0, out.stderr
@@ -53,7 +54,8 @@ def test_worker_with_a_bad_value_exits_naming_the_variable(
     task_settings: Settings, variable: str, value: str
 ) -> None:
     env = worker_env(task_settings, **{variable: value})
-    out = run([sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel=INFO"], env)
+    argv = [sys.executable, "-m", "celery", "-A", "worker_tasks", "worker", "--loglevel=INFO"]
+    out = run(argv, env)
     assert out.returncode != 0
     assert f"{variable}={value!r} is invalid" in out.stdout + out.stderr
     assert " ready." not in out.stdout + out.stderr

@@ -1,8 +1,12 @@
-"""Tasks only the tests need, registered on ``tasks.app``.
+"""The tests' own Celery app and the tasks only the tests need.
 
-The in-process worker gets them by import (conftest); ``celery worker``
-subprocesses get them with ``--include worker_tasks`` and ``tests/`` on
-``PYTHONPATH`` (see ``helpers.WorkerProcess``).
+It is set up as a user's project would set up its app: built and configured
+by this module (from the environment, with the Celery options taskcast
+suggests), then ``taskcast.instrument(app)``. The in-process worker imports
+it (conftest reconfigures it for the session's Redis); ``celery worker``
+subprocesses run ``-A worker_tasks`` with ``tests/`` on ``PYTHONPATH`` (see
+``helpers.WorkerProcess``). The demo's sample tasks (``@shared_task``) are
+registered with it as well.
 """
 
 from __future__ import annotations
@@ -11,7 +15,17 @@ import threading
 import time
 from typing import Any
 
-from tasks import ProgressTask, app
+from celery import Celery
+
+import taskcast
+from taskcast import ProgressTask
+from taskcast.demo import samples
+from taskcast.worker_config import celery_config, load_settings
+
+app = Celery("taskcast_tests")
+app.conf.update(celery_config(load_settings()))
+taskcast.instrument(app)
+__all__ = ["app", "samples"]  # the demo's shared tasks run on this app too
 
 
 @app.task(name="test.plain_add")

@@ -1,7 +1,7 @@
 """Configuration shared by workers, bridges and the command line, from environment variables."""
 
-from .celeryconfig import celery_config
-from .settings import (
+from taskcast.worker_config.celeryconfig import celery_config
+from taskcast.worker_config.settings import (
     ENVIRONMENT_VARIABLES,
     VARIABLES,
     ConfigError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .settings import Settings
+from taskcast.worker_config.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

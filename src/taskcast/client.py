@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import random
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import orjson
@@ -21,9 +21,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tasks.events import FINISHED_STATUSES, TERMINAL_EVENT_TYPES
-
-from .commands import UNAVAILABLE
+from taskcast.events import FINISHED_STATUSES, TERMINAL_EVENT_TYPES
+from taskcast.protocol import UNAVAILABLE
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 # PROTOCOL.md: reconnect after these close codes (and 4000-4499), not after others.
@@ -104,7 +103,6 @@ class TaskcastClient:
         self._monitor_type: str | None = None
         self._closing = False
         self._connected = asyncio.Event()
-        self.connected_info: dict[str, Any] = {}
 
     async def connect(self) -> TaskcastClient:
         """Open the connection; raises :class:`BridgeUnavailable` if nobody answers."""
@@ -163,7 +161,9 @@ class TaskcastClient:
         """Round trip to the bridge."""
         return await self.request("ping")
 
-    async def watch(self, operation_id: str, since: int = 0) -> AsyncIterator[dict[str, Any]]:
+    async def watch(
+        self, operation_id: str, since: int = 0
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Every event of the operation after ``since``, ending after its terminal event.
 
         If the operation already finished and no event follows ``since`` (the
@@ -198,7 +198,9 @@ class TaskcastClient:
         sub = self._subs.get(operation_id)
         return sub.snapshot if sub else None
 
-    async def monitor(self, operation_type: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def monitor(
+        self, operation_type: str | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Subscribe to every live event of every operation (optionally of one type).
 
         Returns once the bridge confirmed the subscription, so nothing published
@@ -209,7 +211,7 @@ class TaskcastClient:
         await self._subscribe_all()
         return self._monitor_events()
 
-    async def _monitor_events(self) -> AsyncIterator[dict[str, Any]]:
+    async def _monitor_events(self) -> AsyncGenerator[dict[str, Any], None]:
         try:
             while self._monitor is not None and (event := await _next_event(self._monitor)):
                 yield event
@@ -243,12 +245,11 @@ class TaskcastClient:
             self._ws = await connect(
                 self.url, open_timeout=self.open_timeout, max_size=None, compression=None
             )
-            welcome = orjson.loads(await asyncio.wait_for(self._ws.recv(), self.open_timeout))
+            await asyncio.wait_for(self._ws.recv(), self.open_timeout)  # the connected frame
         except (OSError, TimeoutError, websockets.InvalidHandshake, ConnectionClosed) as exc:
             raise BridgeUnavailable(
                 f"cannot reach the taskcast bridge at {self.url}: {exc}"
             ) from exc
-        self.connected_info = welcome.get("data", {})
         self._connected.set()
 
     async def _wait_connected(self) -> None:
@@ -368,7 +369,7 @@ class SyncClient:
     def _run(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def _iterate(self, iterator: AsyncIterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _iterate(self, iterator: AsyncGenerator[dict[str, Any], None]) -> Iterator[dict[str, Any]]:
         try:
             while True:
                 try:

@@ -1,8 +1,10 @@
-"""Example long-running tasks: the demo runs them and the tests use them.
+"""The demo's example long-running tasks, declared as a reusable app's tasks are.
 
-Each looks like real work and together they show every event type. Every
-pause is the ``delay`` argument (seconds per step), so tests run them at full
-speed and the demo slowly enough to watch.
+``@shared_task`` registers them with whichever app imports this module: the
+demo's (``taskcast.demo.worker``) and the test suite's. Each looks like real
+work and together they show every event type. Every pause is the ``delay``
+argument (seconds per step), so tests run them at full speed and the demo
+slowly enough to watch.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .celery_app import app
-from .task import ProgressTask
+from celery import shared_task
+
+from taskcast.tasks import ProgressTask
 
 
 class CodeValidationError(Exception):
     """Raised by ``demo.flaky`` to show a task failing partway."""
 
 
-@app.task(bind=True, base=ProgressTask, name="demo.generate_code")
+@shared_task(bind=True, base=ProgressTask, name="demo.generate_code")
 def generate_code(
     self: ProgressTask, request: str = "a sorting function", lines: int = 40, delay: float = 0.0
 ) -> dict[str, Any]:
@@ -42,7 +45,7 @@ def generate_code(
     return {"code": source, "validation_passed": True, "lines": len(code)}
 
 
-@app.task(bind=True, base=ProgressTask, name="demo.web_search")
+@shared_task(bind=True, base=ProgressTask, name="demo.web_search")
 def web_search(
     self: ProgressTask, topic: str = "celery progress", queries: int = 3, delay: float = 0.0
 ) -> dict[str, Any]:
@@ -68,7 +71,7 @@ def web_search(
     return {"topic": topic, "results": results}
 
 
-@app.task(bind=True, base=ProgressTask, name="demo.orchestrate")
+@shared_task(bind=True, base=ProgressTask, name="demo.orchestrate")
 def orchestrate(self: ProgressTask, steps: int = 5, delay: float = 0.0) -> dict[str, Any]:
     """A multi-step pipeline reported with the step tracker."""
     names = ["Initialize", "Fetch inputs", "Process", "Validate", "Generate output", "Cleanup"]
@@ -83,7 +86,7 @@ def orchestrate(self: ProgressTask, steps: int = 5, delay: float = 0.0) -> dict[
     return tracker.complete({"steps": done})
 
 
-@app.task(bind=True, base=ProgressTask, name="demo.flaky")
+@shared_task(bind=True, base=ProgressTask, name="demo.flaky")
 def flaky(self: ProgressTask, steps: int = 10, fail_at: float = 0.6, delay: float = 0.0) -> None:
     """Make progress, then fail once ``fail_at`` (a fraction of the steps) is reached."""
     for i in range(1, steps + 1):
@@ -94,7 +97,7 @@ def flaky(self: ProgressTask, steps: int = 10, fail_at: float = 0.6, delay: floa
         self.progress(current=i, total=steps, message=f"Step {i}/{steps}")
 
 
-@app.task(bind=True, base=ProgressTask, name="demo.retry_once", max_retries=3)
+@shared_task(bind=True, base=ProgressTask, name="demo.retry_once", max_retries=3)
 def retry_once(self: ProgressTask, countdown: float = 0.1, delay: float = 0.0) -> dict[str, Any]:
     """Fail the first attempt with a transient error, succeed on the retry."""
     attempt = self.request.retries + 1

@@ -1,27 +1,25 @@
-"""The Redis event store: one atomic append per event, and the reads the bridge needs.
+"""The synchronous event store: one atomic append per event, and the reads tools need.
 
-Layout under the prefix (default ``taskcast:``)::
-
-    op:{ID}          hash    the operation snapshot, JSON-encoded values, last_seq
-    op:{ID}:events   stream  the operation's history, entry id ``{seq}-0``, field e
-    events           stream  every event of every operation: o (id), s (seq),
-                             t (operation type), e (event JSON)
-    ops              zset    operation ids scored by their last update
-
-The braces are a Redis Cluster hash tag: both keys of one operation share a slot.
-A stored event is the exact JSON clients receive, so readers forward bytes.
+Workers, the emitter and the lost-worker sweep write through :class:`EventStore`;
+the key layout and the decoding of what it stores are in :mod:`taskcast.keys`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis
 
-from .events import FINISHED_STATUSES, Event
+from taskcast.events import Event
+from taskcast.keys import (
+    Keys,
+    LiveEvent,
+    decode_history,
+    decode_live,
+    decode_snapshot,
+    history_start,
+    matches_status,
+)
 
 # KEYS: 1 snapshot hash, 2 history stream, 3 live stream, 4 index zset
 # ARGV: 1 id, 2 prefix, 3 suffix, 4 history maxlen, 5 ttl, 6 live maxlen,
@@ -51,119 +49,6 @@ redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (tonumber(ARGV[7]) - tonumber(ARGV[5])))
 return seq
 """
-
-# Snapshot fields that are bookkeeping, not part of PROTOCOL.md's snapshot.
-_INTERNAL_FIELDS = frozenset({"terminal", "created_at"})
-SNAPSHOT_DEFAULTS: dict[str, Any] = {
-    "operation_id": None,
-    "operation_type": None,
-    "status": "queued",
-    "progress": 0.0,
-    "message": "",
-    "started_at": None,
-    "updated_at": None,
-    "finished_at": None,
-    "metadata": {},
-    "event_count": 0,
-    "last_seq": 0,
-    "worker": None,
-    "result": None,
-    "error": None,
-    "error_type": None,
-}
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Key names under one prefix, shared by writers and readers."""
-
-    prefix: str = "taskcast:"
-
-    def snapshot(self, operation_id: str) -> str:
-        return f"{self.prefix}op:{{{operation_id}}}"
-
-    def history(self, operation_id: str) -> str:
-        return f"{self.prefix}op:{{{operation_id}}}:events"
-
-    @property
-    def live(self) -> str:
-        return f"{self.prefix}events"
-
-    @property
-    def index(self) -> str:
-        return f"{self.prefix}ops"
-
-
-@dataclass(frozen=True)
-class LiveEvent:
-    """One entry of the live stream, as the bridge routes it without decoding JSON."""
-
-    stream_id: bytes
-    operation_id: str
-    seq: int
-    operation_type: str
-    payload: bytes
-
-
-def decode_snapshot(raw: Mapping[bytes, bytes]) -> dict[str, Any] | None:
-    """Turn a snapshot hash into PROTOCOL.md's operation object (None if absent)."""
-    if not raw:
-        return None
-    snapshot = dict(SNAPSHOT_DEFAULTS)
-    for key, value in raw.items():
-        name = key.decode()
-        if name not in _INTERNAL_FIELDS:
-            snapshot[name] = orjson.loads(value)
-    snapshot["event_count"] = snapshot["last_seq"]
-    return snapshot
-
-
-def decode_live(entries: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> list[LiveEvent]:
-    """Decode live-stream entries as returned by XREAD/XRANGE."""
-    return [
-        LiveEvent(
-            stream_id=stream_id,
-            operation_id=fields[b"o"].decode(),
-            seq=int(fields[b"s"]),
-            operation_type=fields[b"t"].decode(),
-            payload=fields[b"e"],
-        )
-        for stream_id, fields in entries
-    ]
-
-
-def decode_history(
-    entries: Iterable[tuple[bytes, Mapping[bytes, bytes]]],
-) -> list[tuple[int, bytes]]:
-    """History entries as ``(seq, event JSON)`` pairs."""
-    return [(int(entry_id.split(b"-", 1)[0]), fields[b"e"]) for entry_id, fields in entries]
-
-
-def matches_status(snapshot: Mapping[str, Any], status: str | None) -> bool:
-    """The ``list_operations`` filter: ``active``, ``finished`` or one status name."""
-    if status is None:
-        return True
-    finished = snapshot.get("status") in FINISHED_STATUSES
-    if status == "active":
-        return not finished
-    if status == "finished":
-        return finished
-    return snapshot.get("status") == status
-
-
-def history_start(since: int) -> str:
-    """The exclusive XRANGE start for events after ``since``."""
-    return f"({since}-0" if since > 0 else "-"
-
-
-def is_recovered(since: int, history: list[tuple[int, bytes]], last_seq: int) -> bool:
-    """Whether ``history`` holds every event after ``since`` (PROTOCOL.md's ``recovered``)."""
-    if last_seq == 0:
-        return since == 0
-    if not history:
-        return since >= last_seq
-    return history[0][0] <= since + 1
-
 
 class EventStore:
     """Synchronous access to the store, for workers, the emitter and tools.

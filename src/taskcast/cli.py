@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import click
 
-from worker_config import ConfigError
-
-from .demo import demo
-from .serve import serve
-from .terminal import COMMANDS
+from taskcast.bridge.serve import serve
+from taskcast.demo.command import demo
+from taskcast.terminal import COMMANDS
+from taskcast.worker_config import ConfigError
 
 EXIT_CONFIG = 2
 

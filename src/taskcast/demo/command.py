@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import click
 import redis
 
-from worker_config import load_settings
-
-from .embedded_redis import EmbeddedRedis, free_port
+from taskcast.embedded_redis import EmbeddedRedis, free_port
+from taskcast.terminal import submitting_app
+from taskcast.worker_config import load_settings
 
 # (task name, keyword arguments): every event type, with a failure and a retry.
 SAMPLES: tuple[tuple[str, dict], ...] = (
@@ -163,7 +163,7 @@ def _run(
                 "-m",
                 "celery",
                 "-A",
-                "tasks",
+                "taskcast.demo.worker",
                 "--quiet",
                 "worker",
                 "--loglevel=CRITICAL",  # the dashboard shows task failures
@@ -174,16 +174,14 @@ def _run(
             dict(env, PYTHONWARNINGS="ignore::UserWarning"),  # Celery's run-as-root warning
             stop_signal=signal.SIGQUIT,  # cold shutdown: do not wait for running tasks
         )
-    tree.start("bridge", [sys.executable, "-m", "bridge", "serve", "--port", str(port)], env)
+    tree.start("bridge", [sys.executable, "-m", "taskcast", "serve", "--port", str(port)], env)
     wait_http(f"http://{host}:{port}/healthz", 20, tree)
     dashboard = f"http://{host}:{port}/"
     click.echo(f"taskcast demo running: dashboard at {dashboard}  (Ctrl-C to stop)")
     click.echo("follow a task in the terminal with: taskcast watch <operation id>")
     if not no_browser:
         webbrowser.open(dashboard)
-    from tasks import app, configure
-
-    configure(load_settings())  # this process imported tasks before the URLs above were set
+    app = submitting_app("taskcast_demo")  # reads the URLs set above
 
     def submit(name: str, kwargs: dict) -> None:
         result = app.send_task(name, kwargs=kwargs)

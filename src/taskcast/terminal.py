@@ -1,6 +1,6 @@
 """Terminal commands: ``taskcast submit``, ``watch``, ``monitor`` and ``stats``.
 
-They talk to a running bridge with :mod:`bridge.client`; a bridge that is not
+They talk to a running bridge with :mod:`taskcast.client`; a bridge that is not
 there is reported in one line with exit code 3, never a traceback. ``watch``
 exits 0 when the operation completes and 1 when it ends in error, so shell
 scripts can chain on it.
@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 import orjson
+from celery import Celery
 from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.live import Live
@@ -25,9 +26,9 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from worker_config import load_settings
-
-from .client import BridgeUnavailable, CommandError, TaskcastClient
+from taskcast.client import BridgeUnavailable, CommandError, TaskcastClient
+from taskcast.tasks import instrument
+from taskcast.worker_config import celery_config, load_settings
 
 EXIT_UNREACHABLE = 3
 LOG_STYLES = {"debug": "dim", "info": "cyan", "warning": "yellow", "error": "bold red"}
@@ -44,6 +45,17 @@ url_option = click.option(
     default=None,
     help="Bridge WebSocket URL [default: ws://TASKCAST_HOST:TASKCAST_PORT/ws]",
 )
+
+
+def submitting_app(name: str = "taskcast_submit") -> Celery:
+    """An instrumented Celery app on the broker of the environment's settings.
+
+    It only sends tasks by name (the workers have them registered), and being
+    instrumented it records each one's ``queued`` as any user's publisher does.
+    """
+    app = Celery(name)
+    app.conf.update(celery_config(load_settings()))
+    return instrument(app)
 
 
 def run_client(url: str | None, work: Callable[[TaskcastClient], Awaitable[int]]) -> None:
@@ -157,11 +169,9 @@ def submit(
     task_name: str, args: tuple[str, ...], watch_it: bool, queue: str | None, url: str | None
 ) -> None:
     """Submit a Celery task by name and print its id (the operation id)."""
-    from tasks import app
-
     kwargs = dict(parse_arg(a) for a in args)
     try:
-        result = app.send_task(task_name, kwargs=kwargs, queue=queue)
+        result = submitting_app().send_task(task_name, kwargs=kwargs, queue=queue)
     except OperationalError as exc:
         click.echo(f"taskcast: cannot reach the Celery broker: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)

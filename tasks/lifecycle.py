@@ -1,9 +1,20 @@
-"""Lifecycle events from Celery signals, for every task of the app, instrumented or not.
+"""``instrument(app)``: lifecycle events for every task of a user's Celery app, from signals.
+
+Celery's signals are global, so every handler first asks whether the task is
+ours: its app was instrumented, or its class is a ``ProgressTask`` (which
+records its lifecycle even where ``instrument`` was forgotten, so no
+operation is left half-recorded). Tasks of other apps are left alone
+entirely. Nothing here changes the app's configuration or ``current_app``.
 
 Where each event comes from, and why there:
 
 - ``queued``: ``before_task_publish``, in the publishing process, before the
   message exists; no worker can run the task earlier, so it is always seq 1.
+  The signal does not name the app, so a message is ours when Celery's
+  ``reply_to`` property is an instrumented app's ``thread_oid`` (what
+  ``send_task`` sets), or its task name is a ``ProgressTask`` or registered in
+  an instrumented app that is already finalized (a retry republished by a
+  worker carries the original publisher's ``reply_to``).
 - ``retrying``: also ``before_task_publish``, when the re-published message
   carries ``retries > 0``; ``retry_in`` and ``reason`` sit in ``data`` next
   to ``status``, the attempt number in ``details.retries``. Celery's own
@@ -24,26 +35,96 @@ never raises for Redis errors, so none of this can fail a task.
 from __future__ import annotations
 
 import sys
+import threading
 import time
+import weakref
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
-from celery import Task, signals
+from celery import Celery, Task, signals
 
-from .celery_app import app, get_producer, get_settings
-from .emitter import Emitter
-from .events import status_data
-from .heartbeat import Heartbeat
+from taskcast.events import status_data
+from taskcast.tasks.emitter import Emitter
+from taskcast.tasks.runtime import configure, get_producer, get_settings
+from taskcast.worker_config import load_settings
+
+if TYPE_CHECKING:
+    from taskcast.tasks.heartbeat import Heartbeat
 
 emitter = Emitter()
+
+# Apps passed to instrument(); weak, so instrumenting never keeps an app alive.
+_instrumented: weakref.WeakSet[Celery] = weakref.WeakSet()
+# Names of ProgressTask tasks: their publications are ours whatever the app.
+_lifecycle_names: set[str] = set()
+_connect_lock = threading.Lock()
+_connected = False
 
 # task id -> time.monotonic() of ``running``, in the process running the task
 _started: dict[str, float] = {}
 
 
-def _ours(task: Any) -> bool:
-    return isinstance(task, Task) and task.app is app
+def instrument(app: Celery, **settings: Any) -> Celery:
+    """Stream the lifecycle of every task of ``app``; returns ``app`` unchanged.
+
+    ``settings`` (``redis_url=``, ``prefix=``, any field of ``Settings``) set
+    where events are stored, over the ``TASKCAST_*`` environment; without
+    them the environment is read on the first event. Calling it again is
+    harmless (with settings, it switches the store).
+    """
+    if not isinstance(app, Celery):
+        raise TypeError(f"instrument() takes a Celery app, not {type(app).__name__}")
+    if settings:
+        configure(load_settings(**settings))
+    else:
+        get_settings()  # a bad TASKCAST_* value stops the caller here, naming the variable
+    _instrumented.add(app)
+    connect_signals()
+    return app
+
+
+def is_instrumented(app: Celery) -> bool:
+    """Whether :func:`instrument` was called for ``app`` in this process."""
+    return app in _instrumented
+
+
+def record_lifecycle_of(name: str | None) -> None:
+    """Record the lifecycle of the task ``name`` whatever its app (``ProgressTask`` does this)."""
+    if name:
+        _lifecycle_names.add(name)
+    connect_signals()
+
+
+def connect_signals() -> None:
+    """Connect the handlers below to Celery's signals, once per process."""
+    global _connected
+    with _connect_lock:
+        if _connected:
+            return
+        for signal, handler in _HANDLERS:
+            signal.connect(handler, weak=False, dispatch_uid=f"taskcast.{handler.__name__}")
+        _connected = True
+
+
+def records_lifecycle(task: Any) -> bool:
+    """Whether ``task`` is one whose events taskcast records (see the module docstring)."""
+    return isinstance(task, Task) and (
+        getattr(task, "taskcast_lifecycle", False) or task.app in _instrumented
+    )
+
+
+def _published_by_us(name: str | None, properties: Mapping[str, Any]) -> bool:
+    if name in _lifecycle_names:
+        return True
+    reply_to = properties.get("reply_to")
+    for app in list(_instrumented):
+        if reply_to and reply_to == app.thread_oid:
+            return True
+        if getattr(app, "finalized", False) and name in app.tasks:
+            return True
+    return False
 
 
 def seconds_until(eta: str | None, now: datetime | None = None) -> float:
@@ -71,16 +152,16 @@ def publish_metadata(headers: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-@signals.before_task_publish.connect
 def record_queued(
     sender: str | None = None,
     headers: dict[str, Any] | None = None,
     routing_key: str | None = None,
+    properties: dict[str, Any] | None = None,
     **_: Any,
 ) -> None:
     headers = headers or {}
     task_id = headers.get("id")
-    if not task_id:
+    if not task_id or not _published_by_us(sender, properties or {}):
         return
     if headers.get("retries"):
         exc = sys.exc_info()[1]
@@ -94,17 +175,15 @@ def record_queued(
     emitter.emit("status", task_id, data, operation_type=sender, metadata=publish_metadata(headers))
 
 
-@signals.task_prerun.connect
 def record_running(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    if not (task_id and _ours(task)):
+    if not (task_id and records_lifecycle(task)):
         return
     _started[task_id] = time.monotonic()
     emitter.emit_running(task_id, task.name, worker=task.request.hostname)
 
 
-@signals.task_success.connect
 def record_completed(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if not _ours(sender) or not sender.request.id:
+    if not records_lifecycle(sender) or not sender.request.id:
         return
     task_id = sender.request.id
     started = _started.pop(task_id, None)
@@ -113,7 +192,6 @@ def record_completed(sender: Any = None, result: Any = None, **_: Any) -> None:
     emitter.emit_completed(task_id, duration)
 
 
-@signals.task_failure.connect
 def record_failed(
     sender: Any = None,
     task_id: str | None = None,
@@ -121,7 +199,7 @@ def record_failed(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    if not (task_id and _ours(sender)):
+    if not (task_id and records_lifecycle(sender)):
         return
     _started.pop(task_id, None)
     lost = isinstance(exception, WorkerLostError)
@@ -135,7 +213,6 @@ def record_failed(
     )
 
 
-@signals.task_revoked.connect
 def record_revoked(
     sender: Any = None,
     request: Any = None,
@@ -145,7 +222,7 @@ def record_revoked(
     **_: Any,
 ) -> None:
     task_id = getattr(request, "id", None)
-    if not (task_id and _ours(sender)):
+    if not (task_id and records_lifecycle(sender)):
         return
     _started.pop(task_id, None)
     if expired:
@@ -160,23 +237,43 @@ def record_revoked(
 _heartbeat: list[Heartbeat] = []
 
 
-@signals.worker_ready.connect
+def _runsrecords_lifecycle(app: Any) -> bool:
+    if not isinstance(app, Celery):
+        return False
+    return app in _instrumented or any(records_lifecycle(task) for task in app.tasks.values())
+
+
 def start_heartbeat(sender: Any = None, **_: Any) -> None:
     """Beat from the worker's main process, which outlives task crashes (see heartbeat.py)."""
+    if not _runsrecords_lifecycle(getattr(sender, "app", None)):
+        return
     interval = get_settings().heartbeat_interval
-    if interval > 0 and getattr(sender, "app", None) is app:
+    if interval > 0:
+        from taskcast.tasks.heartbeat import Heartbeat  # only workers beat
+
         _heartbeat.append(
             Heartbeat(sender.hostname, interval, lambda: get_producer().store).start()
         )
 
 
-@signals.worker_shutdown.connect
 def stop_heartbeat(**_: Any) -> None:
     while _heartbeat:
         _heartbeat.pop().stop()
 
 
-@signals.worker_process_shutdown.connect
 def flush_on_shutdown(**_: Any) -> None:
     """A pool child that exits takes held-back progress with it unless flushed."""
-    get_producer().flush()
+    if _heartbeat or _instrumented or _lifecycle_names:
+        get_producer().flush()
+
+
+_HANDLERS: tuple[tuple[signals.Signal, Any], ...] = (
+    (signals.before_task_publish, record_queued),
+    (signals.task_prerun, record_running),
+    (signals.task_success, record_completed),
+    (signals.task_failure, record_failed),
+    (signals.task_revoked, record_revoked),
+    (signals.worker_ready, start_heartbeat),
+    (signals.worker_shutdown, stop_heartbeat),
+    (signals.worker_process_shutdown, flush_on_shutdown),
+)

@@ -1,0 +1,1 @@
+"""``taskcast demo``: the command, and the sample app only it and its workers load."""
