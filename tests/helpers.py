@@ -91,6 +91,7 @@ class WorkerProcess:
 
     Its own queue, so the session's in-process worker never takes its tasks.
     Output goes to ``log_path``; :meth:`stop` kills the whole process group.
+    ``app`` and ``cwd`` run another project's app instead (``celery -A proj``).
     """
 
     def __init__(
@@ -101,16 +102,19 @@ class WorkerProcess:
         pool: str = "prefork",
         concurrency: int = 1,
         name: str | None = None,
+        app: str = "worker_tasks",
+        cwd: Path = ROOT_DIR,
     ) -> None:
         self.queue = queue
         self.name = name or f"{queue}@%h"
         self.log_path = log_path
+        self.cwd = cwd
         self.argv = [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "worker_tasks",
+            app,
             "worker",
             "-P",
             pool,
@@ -132,7 +136,7 @@ class WorkerProcess:
             self.process = subprocess.Popen(
                 self.argv,
                 env=self.env,
-                cwd=ROOT_DIR,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

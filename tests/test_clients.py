@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -258,3 +259,25 @@ async def test_watch_raises_when_the_bridge_does_not_come_back(
     seqs_seen = [e["seq"] for e in received]  # frames already sent may still arrive
     assert seqs_seen == list(range(1, len(received) + 1)) and len(received) >= 2
     assert received[-1]["event_type"] != "completed"
+
+
+def test_cli_says_what_is_wrong_instead_of_hanging(
+    task_app: Celery, restartable_bridge: RestartableBridge
+) -> None:
+    env, url = restartable_bridge.env, restartable_bridge.url
+    unknown_task = taskcast("submit", "no.such.task", env=env)
+    assert unknown_task.returncode == 4
+    assert unknown_task.stderr.count("\n") == 1
+    assert "has the task 'no.such.task' registered" in unknown_task.stderr
+    assert unknown_task.stdout == ""  # nothing was sent, so no id to follow
+
+    started = time.monotonic()
+    unknown_id = taskcast("watch", "never-submitted", "--wait", "1", "--url", url, env=env)
+    assert unknown_id.returncode == 4 and time.monotonic() - started < 20
+    assert "no operation never-submitted in the event store" in unknown_id.stderr
+
+    http_url = url.replace("ws://", "http://")
+    wrong_scheme = taskcast("watch", "anything", "--url", http_url, env=env)
+    assert wrong_scheme.returncode == 2
+    assert wrong_scheme.stderr.strip().count("\n") == 0
+    assert "ws://HOST:PORT/ws" in wrong_scheme.stderr

@@ -154,6 +154,11 @@ TUTORIAL_TASKS = """
         for i in range(n):
             self.progress(current=i + 1, total=n, message=f"step {{i + 1}}")
         return n
+
+
+    @app.task
+    def fail():
+        raise RuntimeError("tutorial failure")
 """
 
 
@@ -189,14 +194,16 @@ def test_a_users_tasks_py_imports_taskcast_and_its_worker_loads_it(
     try:
         call = user_venv.run(
             "-c",
-            "import tasks; r = tasks.crunch.delay(5); print(r.id); print(r.get(timeout=60));"
-            "print(tasks.add.delay(2, 3).get(timeout=60))",
+            "import tasks; r = tasks.crunch.delay(5); a = tasks.add.delay(2, 3);"
+            "f = tasks.fail.delay(); print(r.id, a.id, f.id);"
+            "print(r.get(timeout=60), a.get(timeout=60), f.get(timeout=60, propagate=False))",
             cwd=tutorial_project,
             env=env,
         )
         assert call.returncode == 0, call.stderr + log.read_text()
-        operation_id, crunched, added = call.stdout.split()
-        assert (crunched, added) == ("5", "5")
+        ids, values = call.stdout.splitlines()
+        operation_id, add_id, fail_id = ids.split()
+        assert values == "5 5 tutorial failure"
         assert "tasks.crunch" in log.read_text()  # the worker loaded the user's module
     finally:
         worker.terminate()
@@ -212,3 +219,9 @@ def test_a_users_tasks_py_imports_taskcast_and_its_worker_loads_it(
     assert statuses[:2] == ["queued", "running"]
     assert events[-1]["event_type"] == "completed"
     assert any(e["event_type"] == "progress" and e["data"].get("total") == 5 for e in events)
+    # A task without the base class gets its whole lifecycle; a failing one ends failed.
+    assert wait_finished(store, add_id)["status"] == "completed"
+    plain = [e["event_type"] for e in events_of(store, add_id)]
+    assert plain == ["status", "status", "result", "completed"]
+    failed = wait_finished(store, fail_id)
+    assert (failed["status"], failed["error_type"]) == ("failed", "RuntimeError")

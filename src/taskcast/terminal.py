@@ -27,10 +27,13 @@ from rich.table import Table
 from rich.text import Text
 
 from taskcast.client import BridgeUnavailable, CommandError, TaskcastClient
+from taskcast.protocol import NOT_FOUND
 from taskcast.tasks import instrument
 from taskcast.worker_config import celery_config, load_settings
 
 EXIT_UNREACHABLE = 3
+EXIT_UNKNOWN = 4  # no such operation, or no worker has the task
+EXIT_USAGE = 2
 LOG_STYLES = {"debug": "dim", "info": "cyan", "warning": "yellow", "error": "bold red"}
 
 
@@ -60,9 +63,16 @@ def submitting_app(name: str = "taskcast_submit") -> Celery:
 
 def run_client(url: str | None, work: Callable[[TaskcastClient], Awaitable[int]]) -> None:
     """Connect, run ``work``, exit with its code; unreachable bridges exit 3 in one line."""
+    url = url or default_url()
+    if not url.startswith(("ws://", "wss://")):
+        click.echo(
+            f"taskcast: --url must be the bridge's WebSocket URL (ws://HOST:PORT/ws), not {url}",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
 
     async def main() -> int:
-        async with TaskcastClient(url or default_url()) as client:
+        async with TaskcastClient(url) as client:
             return await work(client)
 
     try:
@@ -108,8 +118,37 @@ def apply_event(row: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-async def follow(client: TaskcastClient, operation_id: str, console: Console) -> int:
-    """Show one operation's progress bar and log lines until it ends; its exit code."""
+async def is_known(client: TaskcastClient, operation_id: str, wait: float) -> bool:
+    """Whether the store has the operation, asking again for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            await client.get_operation(operation_id)
+            return True
+        except CommandError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
+
+
+async def follow(
+    client: TaskcastClient, operation_id: str, console: Console, wait: float = 10.0
+) -> int:
+    """Show one operation's progress bar and log lines until it ends; its exit code.
+
+    An id the store has not seen within ``wait`` seconds ends with one line
+    and exit code 4 instead of waiting forever for events that never come.
+    """
+    if not await is_known(client, operation_id, wait):
+        click.echo(
+            f"taskcast: no operation {operation_id} in the event store after {wait:g}s; "
+            "check the id, and that workers and the bridge share TASKCAST_REDIS_URL and "
+            "TASKCAST_PREFIX",
+            err=True,
+        )
+        return EXIT_UNKNOWN
     columns = (
         TextColumn("[bold]{task.fields[status]:<10}"),
         BarColumn(),
@@ -151,12 +190,29 @@ async def follow(client: TaskcastClient, operation_id: str, console: Console) ->
     return 1
 
 
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for an operation the store does not know yet",
+)
+
+
 @click.command()
 @click.argument("operation_id")
 @url_option
-def watch(operation_id: str, url: str | None) -> None:
-    """Follow one operation live; exit 0 when it completes, 1 when it fails."""
-    run_client(url, lambda client: follow(client, operation_id, Console()))
+@wait_option
+def watch(operation_id: str, url: str | None, wait: float) -> None:
+    """Follow one operation live; exit 0 when it completes, 1 when it fails, 4 if unknown."""
+    run_client(url, lambda client: follow(client, operation_id, Console(), wait))
+
+
+def workers_with(app: Celery, task_name: str, timeout: float) -> tuple[int, int]:
+    """``(workers that answered, workers that have task_name registered)`` within ``timeout``."""
+    replies = app.control.inspect(timeout=timeout).registered() or {}
+    having = [worker for worker, names in replies.items() if task_name in names]
+    return len(replies), len(having)
 
 
 @click.command()
@@ -164,14 +220,39 @@ def watch(operation_id: str, url: str | None) -> None:
 @click.option("--arg", "args", multiple=True, help="Task keyword argument key=value (repeatable)")
 @click.option("--watch", "watch_it", is_flag=True, help="Follow the task after submitting it")
 @click.option("--queue", default=None, help="Celery queue to send the task to")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Send even if no running worker has the task registered (it waits in the queue)",
+)
 @url_option
 def submit(
-    task_name: str, args: tuple[str, ...], watch_it: bool, queue: str | None, url: str | None
+    task_name: str,
+    args: tuple[str, ...],
+    watch_it: bool,
+    queue: str | None,
+    no_check: bool,
+    url: str | None,
 ) -> None:
-    """Submit a Celery task by name and print its id (the operation id)."""
+    """Submit a Celery task by name and print its id (the operation id).
+
+    It first asks the running workers (for about a second) whether one has
+    the task, because a task no worker knows would wait in the queue forever.
+    """
     kwargs = dict(parse_arg(a) for a in args)
+    app = submitting_app()
     try:
-        result = submitting_app().send_task(task_name, kwargs=kwargs, queue=queue)
+        if not no_check:
+            answered, having = workers_with(app, task_name, timeout=1.0)
+            if not having:
+                click.echo(
+                    f"taskcast: none of the {answered} running worker(s) on "
+                    f"{app.conf.broker_url} has the task {task_name!r} registered; start a "
+                    "worker that imports it (or pass --no-check to queue it anyway)",
+                    err=True,
+                )
+                sys.exit(EXIT_UNKNOWN)
+        result = app.send_task(task_name, kwargs=kwargs, queue=queue)
     except OperationalError as exc:
         click.echo(f"taskcast: cannot reach the Celery broker: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
