@@ -41,8 +41,15 @@ async def run_until_signalled(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)  # before start-up, which may wait on Redis
     bridge = Bridge(settings)
     await bridge.start()
+    ingester = None
+    if settings.celery_events:
+        from taskcast.bridge.ingest import CeleryEventIngester
+
+        ingester = CeleryEventIngester(settings).start()
     await stop.wait()
     log.info("shutting down: closing %d connection(s)", len(bridge.hub.connections))
+    if ingester is not None:
+        await asyncio.to_thread(ingester.stop)
     await bridge.stop()
 
 
@@ -51,9 +58,33 @@ async def run_until_signalled(settings: Settings) -> None:
 @click.option("--port", help="Port to listen on; 0 picks a free one [TASKCAST_PORT, 8765].")
 @click.option("--redis-url", help="Event store Redis [TASKCAST_REDIS_URL].")
 @click.option("--prefix", help="Key prefix in Redis [TASKCAST_PREFIX, default taskcast:].")
-def serve(host: str | None, port: str | None, redis_url: str | None, prefix: str | None) -> None:
+@click.option(
+    "--celery-events",
+    is_flag=True,
+    default=None,
+    help="Also store the lifecycle of tasks of apps that never import taskcast, from "
+    "Celery's event stream (workers run with -E) [TASKCAST_CELERY_EVENTS].",
+)
+@click.option("--broker", help="Broker whose Celery events to ingest [CELERY_BROKER_URL].")
+def serve(
+    host: str | None,
+    port: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    celery_events: bool | None,
+    broker: str | None,
+) -> None:
     """Stream operations from Redis to WebSocket clients (ws://HOST:PORT/ws)."""
-    settings = settings_from({"host": host, "port": port, "redis_url": redis_url, "prefix": prefix})
+    settings = settings_from(
+        {
+            "host": host,
+            "port": port,
+            "redis_url": redis_url,
+            "prefix": prefix,
+            "celery_events": "true" if celery_events else None,
+            "broker_url": broker,
+        }
+    )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

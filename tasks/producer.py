@@ -57,13 +57,7 @@ class Producer:
             socket_connect_timeout=settings.emit_timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        self.store = EventStore(
-            client,
-            prefix=settings.prefix,
-            history_maxlen=settings.history_maxlen,
-            history_ttl=settings.history_ttl,
-            live_maxlen=settings.live_maxlen,
-        )
+        self.store = EventStore.for_settings(client, settings)
         self.coalescer = Coalescer(settings.progress_interval, clock)
         self.counters = {"stored": 0, "rejected": 0, "failed": 0, "dropped": 0, "invalid": 0}
         self._down_until = 0.0

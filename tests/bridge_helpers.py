@@ -177,7 +177,8 @@ class BridgeProcess:
         self.lines: list[str] = []
         self.port: int | None = None
         self._listening = threading.Event()
-        threading.Thread(target=self._collect, daemon=True).start()
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
 
     def _collect(self) -> None:
         assert self.process.stderr is not None
@@ -200,10 +201,12 @@ class BridgeProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        """Send ``signum`` and return the exit code."""
+        """Send ``signum`` and return the exit code, once every line it logged is in ``lines``."""
         if self.process.poll() is None:
             self.process.send_signal(signum)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        self._collector.join(timeout)
+        return code
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -104,6 +104,7 @@ class WorkerProcess:
         name: str | None = None,
         app: str = "worker_tasks",
         cwd: Path = ROOT_DIR,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.queue = queue
         self.name = name or f"{queue}@%h"
@@ -127,6 +128,7 @@ class WorkerProcess:
             "--loglevel=INFO",
             "--without-mingle",
             "--without-gossip",
+            *extra_args,
         ]
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None

@@ -97,6 +97,7 @@ class Settings:
     send_buffer_bytes: int = 1 << 20
     ping_interval: float = 20.0
     compression: bool = False
+    celery_events: bool = False
 
 
 # field name -> (environment variable, parser)
@@ -121,6 +122,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "send_buffer_bytes": ("TASKCAST_SEND_BUFFER_BYTES", _int(1024)),
     "ping_interval": ("TASKCAST_PING_INTERVAL", _float(0.1)),
     "compression": ("TASKCAST_COMPRESSION", _bool),
+    "celery_events": ("TASKCAST_CELERY_EVENTS", _bool),
 }
 
 VARIABLES: dict[str, str] = {name: var for name, (var, _) in _ENV.items()}

@@ -8,6 +8,7 @@ Layout under the prefix (default ``taskcast:``)::
                              t (operation type), e (event JSON)
     ops              zset    operation ids scored by their last update
     workers          zset    worker instances scored by their last heartbeat
+    op:{ID}:once:N   string  marker of an ingested Celery event, stored once (10 min)
 
 The braces are a Redis Cluster hash tag: both keys of one operation share a slot.
 A stored event is the exact JSON clients receive, so readers forward bytes.
@@ -58,6 +59,10 @@ class Keys:
 
     def history(self, operation_id: str) -> str:
         return f"{self.prefix}op:{{{operation_id}}}:events"
+
+    def once(self, operation_id: str, name: str) -> str:
+        """Marker that the event ``name`` of an operation was stored (expires after minutes)."""
+        return f"{self.prefix}op:{{{operation_id}}}:once:{name}"
 
     @property
     def live(self) -> str:

@@ -6,7 +6,7 @@ the key layout and the decoding of what it stores are in :mod:`taskcast.keys`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -21,15 +21,23 @@ from taskcast.keys import (
     matches_status,
 )
 
-# KEYS: 1 snapshot hash, 2 history stream, 3 live stream, 4 index zset
+if TYPE_CHECKING:
+    from taskcast.worker_config import Settings
+
+# KEYS: 1 snapshot hash, 2 history stream, 3 live stream, 4 index zset,
+#       5 (optional) the once-only marker of an event that may be appended twice
 # ARGV: 1 id, 2 prefix, 3 suffix, 4 history maxlen, 5 ttl, 6 live maxlen,
 #       7 score, 8 kind (n/t/r), 9 number of overwrite pairs, then the
 #       overwrite pairs, then the set-if-absent pairs.
-# Returns the new seq, or 0 when the operation already ended (nothing stored).
+# Returns the new seq, 0 when the operation already ended, -1 when the marker
+# says the event was stored before (nothing stored in either case).
 APPEND_SCRIPT = """
 local kind = ARGV[8]
 if kind ~= 'r' and redis.call('HGET', KEYS[1], 'terminal') == '1' then
   return 0
+end
+if KEYS[5] and not redis.call('SET', KEYS[5], '1', 'NX', 'EX', 600) then
+  return -1
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
 local event = ARGV[2] .. seq .. ARGV[3]
@@ -71,8 +79,24 @@ class EventStore:
         self.live_maxlen = live_maxlen
         self._append = client.register_script(APPEND_SCRIPT)
 
-    def append(self, event: Event) -> int:
-        """Store ``event`` atomically; return its seq, or 0 if the operation had ended."""
+    @classmethod
+    def for_settings(cls, client: redis.Redis, settings: Settings) -> EventStore:
+        """A store with the prefix and bounds of ``settings``."""
+        return cls(
+            client,
+            prefix=settings.prefix,
+            history_maxlen=settings.history_maxlen,
+            history_ttl=settings.history_ttl,
+            live_maxlen=settings.live_maxlen,
+        )
+
+    def append(self, event: Event, once: str | None = None) -> int:
+        """Store ``event`` atomically; return its seq, or 0 if the operation had ended.
+
+        ``once`` names an event that several writers may append (each bridge
+        ingesting Celery's event stream receives every event): the first
+        append stores it, later ones within ten minutes return -1.
+        """
         prefix, suffix = event.encode()
         overwrite, if_absent = event.snapshot_changes()
         args: list[Any] = [
@@ -95,6 +119,8 @@ class EventStore:
             self.keys.live,
             self.keys.index,
         ]
+        if once is not None:
+            keys.append(self.keys.once(event.operation_id, once))
         return int(self._append(keys=keys, args=args))
 
     def snapshot(self, operation_id: str) -> dict[str, Any] | None:
