@@ -19,24 +19,14 @@ from typing import Any
 
 import pytest
 from bridge_helpers import RestartableBridge
+from browser_helpers import chromium
 from celery import Celery
 from helpers import ROOT_DIR, events_of, wait_finished
-from playwright.sync_api import Browser, Page, sync_playwright
-from system_packages import require_binary
+from playwright.sync_api import Browser, Page
 
 from taskcast.store import EventStore
 
 ARTIFACTS = ROOT_DIR / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 15_000
 
 RECORDER = """
@@ -65,11 +55,8 @@ new MutationObserver((mutations) => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = require_binary("chromium", "chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
