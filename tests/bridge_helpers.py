@@ -166,9 +166,11 @@ def http_get(url: str) -> tuple[int, str, bytes]:
 class BridgeProcess:
     """``taskcast serve`` in a subprocess, for signal and restart tests."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, python: str = sys.executable
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "taskcast", "serve", *args],
+            [python, "-m", "taskcast", "serve", *args],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,

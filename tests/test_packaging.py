@@ -9,6 +9,7 @@ tutorial layout) fails here rather than in a user's project.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bridge_helpers import BridgeProcess
 from helpers import ROOT_DIR, events_of, wait_finished
 
 from taskcast.embedded_redis import EmbeddedRedis
@@ -225,3 +227,26 @@ def test_a_users_tasks_py_imports_taskcast_and_its_worker_loads_it(
     assert plain == ["status", "status", "result", "completed"]
     failed = wait_finished(store, fail_id)
     assert (failed["status"], failed["error_type"]) == ("failed", "RuntimeError")
+
+    # A subscriber, through the wheel's own bridge and Python client, sees the same.
+    bridge = BridgeProcess("--port", "0", env=env, python=user_venv.python)
+    try:
+        bridge.wait_listening()
+        watched = user_venv.run("-c", WATCH, bridge.url, operation_id, cwd=tmp_path, env=env)
+    finally:
+        bridge.stop()
+    assert watched.returncode == 0, watched.stderr
+    seen = json.loads(watched.stdout)
+    assert [seq for seq, _, _ in seen] == [e["seq"] for e in events]
+    assert seen[0][1:] == ["status", "queued"] and seen[-1][1] == "completed"
+
+
+WATCH = """
+import json, sys
+from taskcast.client import SyncClient
+
+client = SyncClient(sys.argv[1])
+events = [(e["seq"], e["event_type"], e["data"].get("status")) for e in client.watch(sys.argv[2])]
+client.close()
+print(json.dumps(events))
+"""
