@@ -56,6 +56,19 @@ def wait_finished(store: EventStore, operation_id: str, timeout: float = 15.0) -
     return wait_for(finished, timeout)
 
 
+# What ``test.instrumented`` (tests/worker_tasks.py) streams, in order.
+INSTRUMENTED_SUMMARY = [
+    "status:queued",
+    "status:running",
+    "status:processing",
+    "progress",
+    "log",
+    "progress",
+    "result",
+    "completed",
+]
+
+
 def summary(events: list[dict[str, Any]]) -> list[str]:
     """``event_type`` or ``status:<name>`` per event: compact orders to assert on."""
     return [

@@ -98,21 +98,20 @@ def test_import_builds_no_app_reads_nothing_and_connects_nowhere(statement: str)
     }
 
 
-def test_the_pure_bridge_core_imports_neither_redis_nor_websockets() -> None:
-    code = (
-        "import sys; import taskcast.bridge.hub, taskcast.bridge.commands;"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'redis', 'websockets', 'celery'}))"
-    )
+def loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Modules starting with ``prefixes`` loaded by ``imports`` in a fresh interpreter."""
+    listing = f"[m for m in sorted(sys.modules) if m.startswith({prefixes!r})]"
+    code = f"import json, sys; {imports}; print(json.dumps({listing}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    return json.loads(out.stdout)
+
+
+def test_the_pure_bridge_core_imports_neither_redis_nor_websockets() -> None:
+    core = "import taskcast.bridge.hub, taskcast.bridge.commands"
+    assert loaded_after(core, ("redis", "websockets", "celery")) == []
 
 
 def test_the_bridge_never_imports_the_celery_side() -> None:
-    code = (
-        "import sys; import taskcast.bridge.server, taskcast.bridge.serve;"
-        "print(sorted(m for m in sys.modules if m.startswith(('taskcast.tasks', 'celery'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    server = "import taskcast.bridge.server, taskcast.bridge.serve"
+    assert loaded_after(server, ("taskcast.tasks", "celery")) == []

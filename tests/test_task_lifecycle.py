@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from helpers import events_of, summary, wait_finished
+from helpers import INSTRUMENTED_SUMMARY, events_of, summary, wait_finished
 
 from taskcast import tasks
 from taskcast.store import EventStore
@@ -19,16 +19,7 @@ def assert_gap_free(events: list[dict]) -> None:
 def test_instrumented_task_streams_every_event_in_order(run_task, store: EventStore) -> None:
     run = run_task("test.instrumented")
     assert run.result.get(timeout=5) == {"answer": 42}
-    assert summary(run.events) == [
-        "status:queued",
-        "status:running",
-        "status:processing",
-        "progress",
-        "log",
-        "progress",
-        "result",
-        "completed",
-    ]
+    assert summary(run.events) == INSTRUMENTED_SUMMARY
     assert_gap_free(run.events)
     queued, running, processing, quarter, log, counts, result, completed = run.events
     assert queued["data"]["details"]["queue"] == "celery"
