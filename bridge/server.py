@@ -195,6 +195,10 @@ class Bridge:
         self.hub.send(peer, connected_frame(peer.client_id, SERVER_NAME))
         try:
             async for message in ws:
+                # Commands a client sent before it closed are still buffered here;
+                # carrying them out would read and queue replies nobody receives.
+                if ws.protocol.state is not State.OPEN:
+                    break
                 await self._command(peer, message)
                 if self.hub.over_budget(peer) and not peer.closed:
                     await self._wait_drained(peer)
