@@ -25,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskcast.events import TERMINAL_EVENT_TYPES, Event
+from taskcast.events import TERMINAL_EVENT_TYPES, Event, capped
 from taskcast.store import EventStore
 from taskcast.tasks.coalesce import Coalescer
 from taskcast.worker_config import Settings
@@ -147,7 +147,7 @@ class Producer:
                 self.counters["dropped"] += 1
             return 0
         try:
-            seq = self.store.append(event)
+            seq = self.store.append(capped(event, self.settings.max_event_bytes))
         except orjson.JSONEncodeError as exc:
             # The task's own data cannot be encoded (e.g. non-string dict keys):
             # drop this event only; the store is fine, so no back-off.

@@ -257,3 +257,23 @@ def test_the_flush_timer_never_stores_a_held_value_after_a_later_event(
         messages = [e["data"]["message"] for e in events_of(store, op)]
         expected = [text for i in range(120) for text in (f"step {i}", f"after step {i}")]
         assert messages == expected
+
+
+def test_a_megabyte_event_is_stored_truncated_and_flagged(producer, store) -> None:
+    emitter = Emitter(producer)
+    with emitter.operation("big.output", {"kwargs": "{'blob': '" + "k" * 500_000 + "'}"}) as op:
+        op.log("info", "L" * 1_000_000)
+        op.progress(0.5, "M" * 1_000_000, {"rows": list(range(100_000))})
+        op.result({"blob": "R" * 1_000_000})
+    raw = [payload for _, payload in store.history(op.id)]
+    assert max(len(payload) for payload in raw) < producer.settings.max_event_bytes
+    events = events_of(store, op.id)
+    log, progress, result = events[1], events[2], events[3]
+    assert log["data"]["truncated"] and log["data"]["message"].startswith("LLL")
+    assert progress["data"]["truncated"] and progress["data"]["progress"] == 0.5
+    assert isinstance(progress["data"]["details"], str)  # the dict, cut as its JSON
+    assert result["data"]["truncated"]
+    assert len(store.snapshot(op.id)["metadata"]["kwargs"]) < 10_000
+    small = emitter.create_operation("small")
+    emitter.emit_log(small, "info", "fits")
+    assert "truncated" not in events_of(store, small)[-1]["data"]

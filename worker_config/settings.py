@@ -98,6 +98,7 @@ class Settings:
     ping_interval: float = 20.0
     compression: bool = False
     celery_events: bool = False
+    max_event_bytes: int = 65536
 
 
 # field name -> (environment variable, parser)
@@ -123,6 +124,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ping_interval": ("TASKCAST_PING_INTERVAL", _float(0.1)),
     "compression": ("TASKCAST_COMPRESSION", _bool),
     "celery_events": ("TASKCAST_CELERY_EVENTS", _bool),
+    "max_event_bytes": ("TASKCAST_MAX_EVENT_BYTES", _int(1024)),
 }
 
 VARIABLES: dict[str, str] = {name: var for name, (var, _) in _ENV.items()}

@@ -183,3 +183,44 @@ def bounded_result(value: Any, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
         text = raw[: max(0, max_bytes - 3)].decode("utf-8", "ignore") + "..."
     return {"result": text, "truncated": True, "serializable": encoded is not None}
+
+
+# Fields of ``data`` (and of ``metadata``) that may carry a task's own, unbounded values.
+_CAPPED_FIELDS = ("message", "details", "result", "error", "traceback", "args", "kwargs")
+
+
+def _shortened(value: Any, limit: int) -> Any:
+    """``value`` if its JSON fits in ``limit`` bytes, else a string cut to about that size."""
+    encoded = dumps(value)
+    if len(encoded) <= limit:
+        return value
+    text = value if isinstance(value, str) else encoded.decode()
+    return text.encode()[: max(0, limit - 3)].decode("utf-8", "ignore") + "..."
+
+
+def capped(event: Event, max_bytes: int) -> Event:
+    """``event`` with its large fields truncated so that it stores in about ``max_bytes``.
+
+    PROTOCOL.md "Limits": a too large ``message``, ``details`` or ``result``
+    (or log line, error, traceback, recorded arguments) is cut at the producer
+    and ``data`` says ``"truncated": true``, so one task cannot make every
+    subscriber receive a frame larger than it will accept.
+    """
+    data, metadata = event.data, event.metadata or {}
+    if len(dumps(data)) + len(dumps(metadata)) <= max_bytes:
+        return event
+    share = max(64, max_bytes // 8)
+    data = {k: _shortened(v, share) if k in _CAPPED_FIELDS else v for k, v in data.items()}
+    data["truncated"] = True
+    if event.metadata:
+        metadata = {
+            k: _shortened(v, share) if k in _CAPPED_FIELDS else v for k, v in metadata.items()
+        }
+    return Event(
+        event.event_type,
+        event.operation_id,
+        data,
+        event.timestamp,
+        event.operation_type,
+        metadata if event.metadata else None,
+    )
