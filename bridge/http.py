@@ -7,6 +7,7 @@ replies) and the dashboard's static files. WebSocket upgrades to ``/ws`` or
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import http
 import re
@@ -49,24 +50,44 @@ CONTENT_TYPES = {
 # One path segment, no leading dot: no traversal, no hidden files, no subdirectories.
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 _OPERATION_PREFIX = "/api/operations/"
+ONLY_GET = "only GET and HEAD are supported"
+
+
+# The dashboard loads only its own files and talks only to this bridge.
+DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+SERVER_HEADER = "taskcast"  # no library or version for a scanner to match
+
+
+def response_head(status: int, length: int, content_type: str) -> list[tuple[str, str]]:
+    return [
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Connection", "close"),
+        ("Content-Length", str(length)),
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-cache"),
+        # Pages on other origins import /taskcast.js as a module (a CORS fetch)
+        # and read the JSON API; nothing here is private to one origin.
+        ("Access-Control-Allow-Origin", "*"),
+    ]
 
 
 def response(status: int, body: bytes, content_type: str) -> Response:
     """An HTTP response websockets sends instead of completing a handshake."""
     code = http.HTTPStatus(status)
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(body))),
-            ("Content-Type", content_type),
-            ("Cache-Control", "no-cache"),
-            # Pages on other origins import /taskcast.js as a module (a CORS fetch)
-            # and read the JSON API; nothing here is private to one origin.
-            ("Access-Control-Allow-Origin", "*"),
-        ]
-    )
+    headers = Headers(response_head(status, len(body), content_type))
     return Response(code.value, code.phrase, headers, body)
+
+
+def raw_response(status: int, body: bytes, content_type: str) -> bytes:
+    """The same response as bytes, for requests websockets cannot parse (bodies)."""
+    code = http.HTTPStatus(status)
+    head = [f"HTTP/1.1 {code.value} {code.phrase}"]
+    head += [f"{name}: {value}" for name, value in response_head(status, len(body), content_type)]
+    head.append(f"Server: {SERVER_HEADER}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -95,12 +116,15 @@ class HttpRoutes:
             if path in WEBSOCKET_PATHS:
                 return None
             return error_response(404, NOT_FOUND, "WebSocket endpoint is /ws")
-        if request.method != "GET":
-            return error_response(405, BAD_REQUEST, "only GET is supported")
+        if request.method not in ("GET", "HEAD"):
+            return error_response(405, BAD_REQUEST, ONLY_GET)
         try:
-            return await self._route(path, parse_qs(url.query))
+            routed = await self._route(path, parse_qs(url.query))
         except STORE_ERRORS:
-            return error_response(503, UNAVAILABLE, "event store (Redis) is unreachable")
+            routed = error_response(503, UNAVAILABLE, "event store (Redis) is unreachable")
+        if request.method == "HEAD":  # the GET's headers, Content-Length included, no body
+            return dataclasses.replace(routed, body=b"")
+        return routed
 
     async def _route(self, path: str, query: dict[str, list[str]]) -> Response:
         bridge = self.bridge
@@ -123,7 +147,9 @@ class HttpRoutes:
             upgrade.headers["Upgrade"] = "websocket"
             return upgrade
         if path == "/":
-            return self._static("index.html")
+            page = self._static("index.html")
+            page.headers["Content-Security-Policy"] = DASHBOARD_CSP
+            return page
         if path == "/taskcast.js":
             return self._static("taskcast.js")
         if path.startswith("/static/"):
@@ -162,3 +188,47 @@ def _integer(raw: str) -> int:
         return int(raw)
     except ValueError:
         raise ValueError("limit must be an integer >= 1") from None
+
+
+class BridgeConnection(ServerConnection):
+    """Answers requests websockets' handshake parser refuses, instead of dropping them.
+
+    websockets reads no request body, so a POST with a body (or any chunked
+    request) would be closed without a reply; this looks at the request head
+    first and answers those with 405 (or 400) itself. Everything else goes to
+    websockets untouched.
+    """
+
+    _head = b""
+    _sniffing = True
+
+    def data_received(self, data: bytes) -> None:
+        if not self._sniffing:
+            super().data_received(data)
+            return
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0 and len(self._head) < MAX_HEAD_BYTES:
+            return
+        head, self._head, self._sniffing = self._head, b"", False
+        refusal = refuse_body(head[: end if end >= 0 else len(head)])
+        if refusal is None:
+            super().data_received(head)
+            return
+        assert self.transport is not None
+        self.transport.write(refusal)
+        self.transport.close()
+
+
+MAX_HEAD_BYTES = 16 * 1024
+_BODY_HEADER = re.compile(rb"^(content-length:\s*0*[1-9]|transfer-encoding:)", re.I | re.M)
+
+
+def refuse_body(head: bytes) -> bytes | None:
+    """The response for a request head that announces a body, else None."""
+    if not _BODY_HEADER.search(head):
+        return None
+    method = head.split(b" ", 1)[0]
+    status = 400 if method in (b"GET", b"HEAD") else 405
+    message = "requests with a body are not supported" if status == 400 else ONLY_GET
+    return raw_response(status, orjson.dumps(error_body(BAD_REQUEST, message)), "application/json")

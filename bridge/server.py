@@ -40,7 +40,7 @@ from taskcast.bridge.commands import (
     parse_command,
     subscribed_frame,
 )
-from taskcast.bridge.http import HttpRoutes
+from taskcast.bridge.http import SERVER_HEADER, BridgeConnection, HttpRoutes
 from taskcast.bridge.hub import LIVE, Connection, Hub, Subscription
 from taskcast.bridge.metrics import BridgeMetrics
 from taskcast.bridge.reader import STORE_ERRORS, LiveTail, StoreReader
@@ -150,6 +150,8 @@ class Bridge:
                 self.settings.host,
                 self.settings.port,
                 process_request=self.http,
+                server_header=SERVER_HEADER,
+                create_connection=BridgeConnection,
                 compression="deflate" if self.settings.compression else None,
                 max_size=self.settings.max_message_bytes,
                 ping_interval=self.settings.ping_interval,

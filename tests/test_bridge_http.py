@@ -172,3 +172,35 @@ async def test_pages_on_other_origins_may_import_the_client_and_read_the_api(
 
     for path in ("/taskcast.js", "/api/operations"):
         assert (await asyncio.to_thread(headers, path))["Access-Control-Allow-Origin"] == "*"
+
+
+async def request(
+    bridge: Bridge, method: str, path: str, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """Any method, with or without a body; the whole reply (the bridge must send one)."""
+
+    def fetch() -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", bridge.port, timeout=5)
+        try:
+            conn.request(method, path, body=body)
+            reply = conn.getresponse()
+            return reply.status, dict(reply.headers), reply.read()
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(fetch)
+
+
+async def test_http_hygiene_head_other_methods_and_headers(static_bridge: Bridge) -> None:
+    status, headers, body = await request(static_bridge, "HEAD", "/healthz")
+    assert (status, body) == (200, b"") and int(headers["Content-Length"]) > 0
+    assert headers["Server"] == "taskcast"
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        for body in (None, b'{"a": 1}', b"x" * 100_000):
+            status, _, reply = await request(static_bridge, method, "/api/operations", body)
+            assert status == 405, (method, body and len(body))
+            assert orjson.loads(reply)["code"] == "bad_request"
+    status, headers, _ = await request(static_bridge, "GET", "/")
+    assert status == 200 and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    status, _, _ = await request(static_bridge, "GET", "/healthz")  # still serving
+    assert status == 200
