@@ -144,7 +144,15 @@ class Processes:
             "bridge",
             ["taskcast", "serve", "--host", "127.0.0.1", "--port", str(port)]
             + ["--redis-url", redis_url, "--prefix", prefix],
-            env={"TASKCAST_REDIS_URL": redis_url, "TASKCAST_PREFIX": prefix},
+            env={
+                "TASKCAST_REDIS_URL": redis_url,
+                "TASKCAST_PREFIX": prefix,
+                # Load generators, not attackers: one address opens thousands of
+                # connections and subscribes to hundreds of operations at once.
+                "TASKCAST_MAX_CONNECTIONS_PER_IP": "1000000",
+                "TASKCAST_COMMAND_RATE": "100000",
+                "TASKCAST_COMMAND_BURST": "100000",
+            },
             ready=BRIDGE_READY,
         )
         assert child.match is not None

@@ -63,6 +63,15 @@ class Command:
     limit: int = DEFAULT_LIST_LIMIT
 
 
+def request_id_of(raw: str | bytes) -> RequestId | None:
+    """The frame's usable ``request_id``, or None; never raises (for refusals before parsing)."""
+    try:
+        message = orjson.loads(raw)
+        return _request_id(message) if isinstance(message, dict) else None
+    except (orjson.JSONDecodeError, CommandError):
+        return None
+
+
 def _request_id(message: dict[str, Any]) -> RequestId | None:
     value = message.get("request_id")
     if value is None:

@@ -27,8 +27,9 @@ from taskcast.bridge.commands import (
     list_status,
     not_found_message,
 )
+from taskcast.bridge.limits import client_address
 from taskcast.bridge.reader import STORE_ERRORS
-from taskcast.protocol import BAD_REQUEST, NOT_FOUND, UNAVAILABLE
+from taskcast.protocol import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, UNAVAILABLE
 
 if TYPE_CHECKING:
     from taskcast.bridge.server import Bridge
@@ -51,6 +52,10 @@ CONTENT_TYPES = {
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 _OPERATION_PREFIX = "/api/operations/"
 ONLY_GET = "only GET and HEAD are supported"
+CAP_REFUSALS = {
+    503: (UNAVAILABLE, "this bridge is at its connection limit (TASKCAST_MAX_CONNECTIONS)"),
+    429: (RATE_LIMITED, "too many connections from your address (TASKCAST_MAX_CONNECTIONS_PER_IP)"),
+}
 
 
 # The dashboard loads only its own files and talks only to this bridge.
@@ -113,9 +118,12 @@ class HttpRoutes:
         url = urlsplit(request.path)
         path = url.path
         if is_upgrade(request):
-            if path in WEBSOCKET_PATHS:
-                return None
-            return error_response(404, NOT_FOUND, "WebSocket endpoint is /ws")
+            if path not in WEBSOCKET_PATHS:
+                return error_response(404, NOT_FOUND, "WebSocket endpoint is /ws")
+            refusal = self.bridge.caps.refusal(client_address(connection))
+            if refusal is not None:
+                return error_response(refusal, *CAP_REFUSALS[refusal])
+            return None
         if request.method not in ("GET", "HEAD"):
             return error_response(405, BAD_REQUEST, ONLY_GET)
         try:

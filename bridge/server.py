@@ -38,15 +38,23 @@ from taskcast.bridge.commands import (
     error_frame,
     not_found_message,
     parse_command,
+    request_id_of,
     subscribed_frame,
 )
 from taskcast.bridge.http import SERVER_HEADER, BridgeConnection, HttpRoutes
 from taskcast.bridge.hub import LIVE, Connection, Hub, Subscription
+from taskcast.bridge.limits import (
+    ConnectionCaps,
+    RateLimitedLog,
+    TokenBucket,
+    client_address,
+    default_max_connections,
+)
 from taskcast.bridge.metrics import BridgeMetrics
 from taskcast.bridge.reader import STORE_ERRORS, LiveTail, StoreReader
 from taskcast.bridge.sweeper import sweep_periodically
 from taskcast.keys import is_recovered
-from taskcast.protocol import NOT_FOUND, TOO_MANY_SUBSCRIPTIONS, UNAVAILABLE
+from taskcast.protocol import NOT_FOUND, RATE_LIMITED, TOO_MANY_SUBSCRIPTIONS, UNAVAILABLE
 from taskcast.worker_config.settings import Settings
 
 log = logging.getLogger("taskcast.bridge")
@@ -63,6 +71,8 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT = 2.0
 STATS_CACHE_SECONDS = 1.0
 STORE_DOWN = "event store (Redis) is unreachable; retry later"
+RATE_MESSAGE = "too many commands; slow down (TASKCAST_COMMAND_RATE)"
+LOOP_ERROR_LOG_INTERVAL = 1.0
 # The direct path writes to a transport only while it buffers less than this
 # (websockets' own default write limit), so beyond the hub's send budget a
 # client that stops reading makes the bridge hold at most this plus two frames
@@ -77,14 +87,16 @@ class Peer(Connection):
     ``flush_due`` is set while the connection waits for this turn's direct flush.
     """
 
-    __slots__ = ("ws", "writer", "drained", "flush_due")
+    __slots__ = ("ws", "writer", "drained", "flush_due", "address", "bucket")
 
-    def __init__(self, client_id: str, ws: ServerConnection) -> None:
+    def __init__(self, client_id: str, ws: ServerConnection, bucket: TokenBucket) -> None:
         super().__init__(client_id)
         self.ws = ws
         self.writer: asyncio.Task[None] | None = None
         self.drained: asyncio.Future[None] | None = None
         self.flush_due = False
+        self.address = client_address(ws)
+        self.bucket = bucket
 
 
 class Bridge:
@@ -107,6 +119,11 @@ class Bridge:
         self.tail = LiveTail(settings.redis_url, settings.prefix, self.hub.publish)
         self.metrics = BridgeMetrics(self.hub.snapshot_stats, lambda: self.tail.healthy)
         self.http = HttpRoutes(self, static_dir or Path(__file__).with_name("static"))
+        self.caps = ConnectionCaps(
+            settings.max_connections or default_max_connections(),
+            settings.max_connections_per_ip,
+        )
+        self._loop_errors = RateLimitedLog(log, LOOP_ERROR_LOG_INTERVAL)
         self.started = time.monotonic()
         self.port: int | None = None
         self._server: Server | None = None
@@ -138,6 +155,8 @@ class Bridge:
         Redis being down is not fatal: the tail keeps retrying and commands
         that need the store answer ``unavailable`` meanwhile.
         """
+        # Out of file descriptors, asyncio reports every failed accept: once a second is plenty.
+        asyncio.get_running_loop().set_exception_handler(self._loop_errors.loop_handler)
         try:
             await self.tail.find_position()
         except STORE_ERRORS as exc:
@@ -192,7 +211,10 @@ class Bridge:
     # -- connections -------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        peer = Peer(uuid.uuid4().hex, ws)
+        settings = self.settings
+        bucket = TokenBucket(settings.command_rate, settings.command_burst, time.monotonic())
+        peer = Peer(uuid.uuid4().hex, ws, bucket)
+        self.caps.opened(peer.address)
         self.hub.connect(peer)
         self.hub.send(peer, connected_frame(peer.client_id, SERVER_NAME))
         try:
@@ -208,6 +230,7 @@ class Bridge:
             pass
         finally:
             self.hub.disconnect(peer)
+            self.caps.closed(peer.address)
 
     async def _wait_drained(self, peer: Peer) -> None:
         """Stop reading a client's commands until it has read most of our replies.
@@ -311,6 +334,10 @@ class Bridge:
     # -- commands ----------------------------------------------------------------
 
     async def _command(self, peer: Peer, message: str | bytes) -> None:
+        if not peer.bucket.take(time.monotonic()):
+            refusal = error_frame(RATE_LIMITED, RATE_MESSAGE, request_id_of(message))
+            self.hub.send(peer, refusal)
+            return
         try:
             command = parse_command(message)
         except CommandError as exc:

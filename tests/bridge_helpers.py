@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import re
 import signal
@@ -143,10 +144,13 @@ class WsClient:
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll ``check`` until it returns something truthy (short deadline, no long sleeps)."""
+    """Poll ``check`` (a function or a coroutine function) until it returns something truthy
+    (short deadline, no long sleeps)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:

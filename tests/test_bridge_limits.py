@@ -12,9 +12,10 @@ from dataclasses import replace
 import orjson
 import psutil
 import pytest
-from bridge_helpers import BridgeProcess, WsClient, http_get
+from bridge_helpers import BridgeProcess, WsClient, eventually, http_get, running_bridge
 from helpers import worker_env
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from taskcast.events import Event, log_data
 from taskcast.store import EventStore
@@ -99,3 +100,58 @@ async def test_a_client_that_floods_subscribes_and_vanishes_leaves_nothing_behin
     status, _, _ = http_get(f"http://127.0.0.1:{bridge_process.port}/healthz")
     assert status == 200
 
+
+async def test_commands_beyond_the_rate_are_refused_and_the_connection_lives(
+    redis_url: str, prefix: str
+) -> None:
+    async with running_bridge(redis_url, prefix, command_rate=5, command_burst=10) as bridge:
+        client = await WsClient.open(bridge.url)
+        for n in range(30):
+            await client.send({"command": "ping", "request_id": n})
+        replies = [
+            await client.wait_for(lambda f, n=n: f.get("request_id") == n) for n in range(30)
+        ]
+        statuses = [reply.get("code", reply.get("status")) for reply in replies]
+        assert statuses.count("pong") in range(10, 13)  # the burst, plus a refill or two
+        assert statuses.count("rate_limited") == 30 - statuses.count("pong")
+
+        async def pong_again() -> bool:
+            reply = await client.request("ping")
+            return reply.get("status") == "pong"
+
+        await eventually(pong_again, timeout=5)
+        await client.close()
+
+
+async def open_from(url: str, source: str) -> ClientConnection:
+    return await connect(url, local_addr=(source, 0))
+
+
+async def test_connection_caps_refuse_politely_and_health_still_answers(
+    redis_url: str, prefix: str
+) -> None:
+    async with running_bridge(
+        redis_url, prefix, max_connections=6, max_connections_per_ip=4
+    ) as bridge:
+        held = [await open_from(bridge.url, "127.0.0.1") for _ in range(4)]
+        with pytest.raises(InvalidStatus) as per_address:
+            await open_from(bridge.url, "127.0.0.1")
+        assert per_address.value.response.status_code == 429
+        held += [await open_from(bridge.url, "127.0.0.2") for _ in range(2)]
+        with pytest.raises(InvalidStatus) as total:
+            await open_from(bridge.url, "127.0.0.3")
+        assert total.value.response.status_code == 503
+        status, _, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{bridge.port}/healthz")
+        assert status == 200
+        await held.pop().close()
+
+        async def admitted() -> bool:
+            try:
+                held.append(await open_from(bridge.url, "127.0.0.3"))
+            except InvalidStatus:
+                return False
+            return True
+
+        await eventually(admitted, timeout=5)
+        for ws in held:
+            await ws.close()

@@ -99,6 +99,10 @@ class Settings:
     compression: bool = False
     celery_events: bool = False
     max_event_bytes: int = 65536
+    command_rate: float = 50.0
+    command_burst: int = 100
+    max_connections: int = 0
+    max_connections_per_ip: int = 1000
 
 
 # field name -> (environment variable, parser)
@@ -125,6 +129,10 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "compression": ("TASKCAST_COMPRESSION", _bool),
     "celery_events": ("TASKCAST_CELERY_EVENTS", _bool),
     "max_event_bytes": ("TASKCAST_MAX_EVENT_BYTES", _int(1024)),
+    "command_rate": ("TASKCAST_COMMAND_RATE", _float(0.1)),
+    "command_burst": ("TASKCAST_COMMAND_BURST", _int(1)),
+    "max_connections": ("TASKCAST_MAX_CONNECTIONS", _int(0)),
+    "max_connections_per_ip": ("TASKCAST_MAX_CONNECTIONS_PER_IP", _int(1)),
 }
 
 VARIABLES: dict[str, str] = {name: var for name, (var, _) in _ENV.items()}

@@ -13,5 +13,8 @@ BAD_REQUEST = "bad_request"
 UNKNOWN_COMMAND = "unknown_command"
 NOT_FOUND = "not_found"
 TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
+RATE_LIMITED = "rate_limited"
 # Not in PROTOCOL.md's list: the event store (Redis) cannot be reached right now.
 UNAVAILABLE = "unavailable"
