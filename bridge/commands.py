@@ -21,6 +21,7 @@ MAX_ID_LENGTH = 256
 MAX_STATUS_LENGTH = 64
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
+MAX_TOKEN_LENGTH = 8192
 
 RequestId = str | int | float
 
@@ -34,6 +35,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "list_operations": ("status", "limit"),
     "get_stats": (),
     "ping": (),
+    "auth": ("token",),
+    "cancel": ("operation_id", "terminate"),
 }
 
 
@@ -61,6 +64,8 @@ class Command:
     operation_type: str | None = None
     status: str | None = None
     limit: int = DEFAULT_LIST_LIMIT
+    token: str | None = None
+    terminate: bool = False
 
 
 def request_id_of(raw: str | bytes) -> RequestId | None:
@@ -100,6 +105,14 @@ def _integer(value: Any, name: str, low: int, default: int) -> int:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}")
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false")
     return value
 
 
@@ -147,6 +160,10 @@ def parse_command(raw: str | bytes) -> Command:
             values["status"] = list_status(message.get("status"))
         if "limit" in fields:
             values["limit"] = list_limit(message.get("limit"))
+        if "token" in fields:
+            values["token"] = _text(message.get("token"), "token", MAX_TOKEN_LENGTH, required=True)
+        if "terminate" in fields:
+            values["terminate"] = _flag(message.get("terminate"), "terminate")
     except ValueError as exc:
         raise CommandError(BAD_REQUEST, str(exc), request_id) from None
     return Command(name, request_id, **values)

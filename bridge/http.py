@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from taskcast.bridge.access import TokenRejected, origin_allowed, request_token
 from taskcast.bridge.commands import (
     MAX_ID_LENGTH,
     error_body,
@@ -29,7 +30,14 @@ from taskcast.bridge.commands import (
 )
 from taskcast.bridge.limits import client_address
 from taskcast.bridge.reader import STORE_ERRORS
-from taskcast.protocol import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, UNAVAILABLE
+from taskcast.protocol import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    NOT_FOUND,
+    RATE_LIMITED,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+)
 
 if TYPE_CHECKING:
     from taskcast.bridge.server import Bridge
@@ -52,6 +60,7 @@ CONTENT_TYPES = {
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 _OPERATION_PREFIX = "/api/operations/"
 ONLY_GET = "only GET and HEAD are supported"
+ORIGIN_REFUSED = "this origin is not allowed (TASKCAST_ALLOWED_ORIGINS)"
 CAP_REFUSALS = {
     503: (UNAVAILABLE, "this bridge is at its connection limit (TASKCAST_MAX_CONNECTIONS)"),
     429: (RATE_LIMITED, "too many connections from your address (TASKCAST_MAX_CONNECTIONS_PER_IP)"),
@@ -73,9 +82,6 @@ def response_head(status: int, length: int, content_type: str) -> list[tuple[str
         ("Content-Length", str(length)),
         ("Content-Type", content_type),
         ("Cache-Control", "no-cache"),
-        # Pages on other origins import /taskcast.js as a module (a CORS fetch)
-        # and read the JSON API; nothing here is private to one origin.
-        ("Access-Control-Allow-Origin", "*"),
     ]
 
 
@@ -115,6 +121,24 @@ class HttpRoutes:
         self.static_dir = static_dir
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        origin = request.headers.get("Origin")
+        if not origin_allowed(self.bridge.settings, origin, request.headers.get("Host")):
+            return error_response(403, FORBIDDEN, ORIGIN_REFUSED)
+        answer = await self._answer(connection, request)
+        if answer is not None:
+            self._add_cors(answer, origin)
+        return answer
+
+    def _add_cors(self, answer: Response, origin: str | None) -> None:
+        """Pages on other origins import /taskcast.js as a module (a CORS fetch) and read the
+        JSON API: any origin may while no allowlist is set, else only the listed ones."""
+        if not self.bridge.settings.allowed_origins:
+            answer.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin is not None:
+            answer.headers["Access-Control-Allow-Origin"] = origin
+            answer.headers["Vary"] = "Origin"
+
+    async def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         path = url.path
         if is_upgrade(request):
@@ -127,15 +151,19 @@ class HttpRoutes:
         if request.method not in ("GET", "HEAD"):
             return error_response(405, BAD_REQUEST, ONLY_GET)
         try:
-            routed = await self._route(path, parse_qs(url.query))
+            routed = await self._route(path, parse_qs(url.query), request)
         except STORE_ERRORS:
             routed = error_response(503, UNAVAILABLE, "event store (Redis) is unreachable")
         if request.method == "HEAD":  # the GET's headers, Content-Length included, no body
             return dataclasses.replace(routed, body=b"")
         return routed
 
-    async def _route(self, path: str, query: dict[str, list[str]]) -> Response:
+    async def _route(self, path: str, query: dict[str, list[str]], request: Request) -> Response:
         bridge = self.bridge
+        if path.startswith("/api/"):
+            refusal = self._refusal(path, request)
+            if refusal is not None:
+                return refusal
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
         if path == "/readyz":
@@ -163,6 +191,22 @@ class HttpRoutes:
         if path.startswith("/static/"):
             return self._static(path[len("/static/") :])
         return error_response(404, NOT_FOUND, f"no such path: {path[:200]}")
+
+    def _refusal(self, path: str, request: Request) -> Response | None:
+        """401 without a valid token, 403 outside its scope (PROTOCOL.md "Access control")."""
+        try:
+            grant = self.bridge.grant_for(request_token(request.path, request.headers))
+        except TokenRejected as exc:
+            return error_response(401, UNAUTHORIZED, str(exc))
+        if grant is None:
+            return error_response(401, UNAUTHORIZED, "a token is required (Authorization: Bearer)")
+        if path.startswith(_OPERATION_PREFIX):
+            allowed = grant.reads(unquote(path[len(_OPERATION_PREFIX) :]))
+        else:
+            allowed = grant.monitors()
+        if allowed:
+            return None
+        return error_response(403, FORBIDDEN, "your token does not allow this")
 
     async def _operations(self, query: dict[str, list[str]]) -> Response:
         try:

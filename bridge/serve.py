@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from taskcast.bridge.access import check_exposure
 from taskcast.bridge.server import Bridge
 from taskcast.worker_config.settings import VARIABLES, Settings, load_settings
 
@@ -66,6 +67,13 @@ async def run_until_signalled(settings: Settings) -> None:
     "Celery's event stream (workers run with -E) [TASKCAST_CELERY_EVENTS].",
 )
 @click.option("--broker", help="Broker whose Celery events to ingest [CELERY_BROKER_URL].")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Listen on a non-loopback address without a token key: anyone who reaches it can "
+    "read every operation [TASKCAST_INSECURE].",
+)
 def serve(
     host: str | None,
     port: str | None,
@@ -73,6 +81,7 @@ def serve(
     prefix: str | None,
     celery_events: bool | None,
     broker: str | None,
+    insecure: bool | None,
 ) -> None:
     """Stream operations from Redis to WebSocket clients (ws://HOST:PORT/ws)."""
     settings = settings_from(
@@ -83,8 +92,10 @@ def serve(
             "prefix": prefix,
             "celery_events": "true" if celery_events else None,
             "broker_url": broker,
+            "insecure": "true" if insecure else None,
         }
     )
+    check_exposure(settings)  # before anything is logged: one line, and exit 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -30,6 +30,15 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from taskcast.bridge.access import (
+    AUTH_DEADLINE,
+    OPEN,
+    Grant,
+    TokenRejected,
+    check_exposure,
+    query_token,
+    verifier_for,
+)
 from taskcast.bridge.commands import (
     Command,
     CommandError,
@@ -54,7 +63,14 @@ from taskcast.bridge.metrics import BridgeMetrics
 from taskcast.bridge.reader import STORE_ERRORS, LiveTail, StoreReader
 from taskcast.bridge.sweeper import sweep_periodically
 from taskcast.keys import is_recovered
-from taskcast.protocol import NOT_FOUND, RATE_LIMITED, TOO_MANY_SUBSCRIPTIONS, UNAVAILABLE
+from taskcast.protocol import (
+    FORBIDDEN,
+    NOT_FOUND,
+    RATE_LIMITED,
+    TOO_MANY_SUBSCRIPTIONS,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+)
 from taskcast.worker_config.settings import Settings
 
 log = logging.getLogger("taskcast.bridge")
@@ -72,6 +88,9 @@ CLOSE_TIMEOUT = 2.0
 STATS_CACHE_SECONDS = 1.0
 STORE_DOWN = "event store (Redis) is unreachable; retry later"
 RATE_MESSAGE = "too many commands; slow down (TASKCAST_COMMAND_RATE)"
+UNAUTHENTICATED = "authenticate first: send auth with a token, or connect with ?token="
+CLOSE_POLICY = 1008
+CLOSE_TOKEN_EXPIRED = 4401
 LOOP_ERROR_LOG_INTERVAL = 1.0
 # The direct path writes to a transport only while it buffers less than this
 # (websockets' own default write limit), so beyond the hub's send budget a
@@ -87,9 +106,11 @@ class Peer(Connection):
     ``flush_due`` is set while the connection waits for this turn's direct flush.
     """
 
-    __slots__ = ("ws", "writer", "drained", "flush_due", "address", "bucket")
+    __slots__ = ("ws", "writer", "drained", "flush_due", "address", "bucket", "grant", "expiry")
 
-    def __init__(self, client_id: str, ws: ServerConnection, bucket: TokenBucket) -> None:
+    def __init__(
+        self, client_id: str, ws: ServerConnection, bucket: TokenBucket, grant: Grant | None
+    ) -> None:
         super().__init__(client_id)
         self.ws = ws
         self.writer: asyncio.Task[None] | None = None
@@ -97,6 +118,10 @@ class Peer(Connection):
         self.flush_due = False
         self.address = client_address(ws)
         self.bucket = bucket
+        # None until a valid token arrives; ``expiry`` closes the connection when
+        # the token runs out (4401), or when none came in time (1008).
+        self.grant = grant
+        self.expiry: asyncio.TimerHandle | None = None
 
 
 class Bridge:
@@ -107,7 +132,9 @@ class Bridge:
     """
 
     def __init__(self, settings: Settings, static_dir: Path | None = None) -> None:
+        check_exposure(settings)
         self.settings = settings
+        self.verifier = verifier_for(settings)
         self.hub = Hub(
             send_buffer_bytes=settings.send_buffer_bytes,
             max_subscriptions=settings.max_subscriptions,
@@ -141,6 +168,7 @@ class Bridge:
             "list_operations": self._list_operations,
             "get_stats": self._get_stats,
             "ping": self._ping,
+            "auth": self._auth,
         }
 
     @property
@@ -211,12 +239,20 @@ class Bridge:
     # -- connections -------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        try:
+            grant = self.grant_for(query_token(ws.request.path if ws.request else ""))
+        except TokenRejected as exc:
+            # A token in the URL that is forged or malformed ends the connection (1008);
+            # an expired one asks for a fresh token (4401).
+            await ws.close(CLOSE_TOKEN_EXPIRED if exc.expired else CLOSE_POLICY, str(exc)[:120])
+            return
         settings = self.settings
         bucket = TokenBucket(settings.command_rate, settings.command_burst, time.monotonic())
-        peer = Peer(uuid.uuid4().hex, ws, bucket)
+        peer = Peer(uuid.uuid4().hex, ws, bucket, grant)
         self.caps.opened(peer.address)
         self.hub.connect(peer)
         self.hub.send(peer, connected_frame(peer.client_id, SERVER_NAME))
+        self._schedule_expiry(peer)
         try:
             async for message in ws:
                 # Commands a client sent before it closed are still buffered here;
@@ -229,8 +265,63 @@ class Bridge:
         except ConnectionClosed:
             pass
         finally:
+            if peer.expiry is not None:
+                peer.expiry.cancel()
             self.hub.disconnect(peer)
             self.caps.closed(peer.address)
+
+    # -- access control ------------------------------------------------------------
+
+    def grant_for(self, token: str | None) -> Grant | None:
+        """The grant of ``token`` (raises TokenRejected); OPEN without a key; None: no token."""
+        if self.verifier is None:
+            return OPEN
+        if token is None:
+            return None
+        return self.verifier.verify(token)
+
+    def _schedule_expiry(self, peer: Peer) -> None:
+        """Close at the token's expiry (4401), or after the auth deadline without one (1008)."""
+        if peer.expiry is not None:
+            peer.expiry.cancel()
+            peer.expiry = None
+        loop = asyncio.get_running_loop()
+        if peer.grant is None:
+            peer.expiry = loop.call_later(
+                AUTH_DEADLINE, self._close_peer, peer, CLOSE_POLICY, "no valid token in time"
+            )
+        elif peer.grant.expires_at is not None:
+            delay = max(0.0, peer.grant.expires_at - time.time())
+            peer.expiry = loop.call_later(
+                delay, self._close_peer, peer, CLOSE_TOKEN_EXPIRED, "token expired"
+            )
+
+    def _close_peer(self, peer: Peer, code: int, reason: str) -> None:
+        self._spawn(peer.ws.close(code, reason))
+
+    @staticmethod
+    def _denial(peer: Peer, command: Command) -> CommandError | None:
+        """Why ``peer`` may not run ``command`` (PROTOCOL.md "Access control"), or None."""
+        if command.name in ("ping", "auth"):
+            return None
+        grant = peer.grant
+        if grant is None:
+            return CommandError(UNAUTHORIZED, UNAUTHENTICATED, command.request_id)
+        operation_id = command.operation_id
+        if command.name in ("subscribe", "get_operation"):
+            allowed = operation_id is not None and grant.reads(operation_id)
+        elif command.name == "cancel":
+            allowed = operation_id is not None and grant.cancels(operation_id)
+        elif command.name in ("subscribe_all", "list_operations", "get_stats"):
+            allowed = grant.monitors()
+        else:
+            allowed = True
+        if allowed:
+            return None
+        message = f"your token does not allow {command.name}"
+        return CommandError(FORBIDDEN, message, command.request_id)
+
+    # -- connections (continued) -----------------------------------------------------
 
     async def _wait_drained(self, peer: Peer) -> None:
         """Stop reading a client's commands until it has read most of our replies.
@@ -343,6 +434,10 @@ class Bridge:
         except CommandError as exc:
             self.hub.send(peer, exc.frame())
             return
+        denial = self._denial(peer, command)
+        if denial is not None:
+            self.hub.send(peer, denial.frame())
+            return
         try:
             await self._handlers[command.name](peer, command)
         except CommandError as exc:
@@ -406,6 +501,22 @@ class Bridge:
 
     async def _get_stats(self, peer: Peer, command: Command) -> None:
         self.hub.send(peer, encode({"stats": await self.stats()}, command.request_id))
+
+    async def _auth(self, peer: Peer, command: Command) -> None:
+        assert command.token is not None
+        try:
+            grant = self.grant_for(command.token)
+        except TokenRejected as exc:
+            raise CommandError(UNAUTHORIZED, str(exc), command.request_id) from None
+        assert grant is not None
+        peer.grant = grant
+        self._schedule_expiry(peer)
+        body = {
+            "status": "authenticated",
+            "expires_at": grant.expires_at,
+            "scopes": sorted(grant.scopes),
+        }
+        self.hub.send(peer, encode(body, command.request_id))
 
     async def _ping(self, peer: Peer, command: Command) -> None:
         self.hub.send(

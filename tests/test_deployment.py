@@ -109,6 +109,7 @@ def test_image_default_command_is_the_compose_bridge_command(compose: dict) -> N
 
 def test_readme_documents_every_setting_with_its_default() -> None:
     from taskcast.worker_config import VARIABLES, Settings
+    from taskcast.worker_config.settings import environment_value
 
     rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", (ROOT / "README.md").read_text(), re.M))
     defaults = Settings()
@@ -118,6 +119,5 @@ def test_readme_documents_every_setting_with_its_default() -> None:
         if variable in derived:
             assert rows[variable] == "TASKCAST_REDIS_URL"
             continue
-        value = getattr(defaults, field)
-        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        shown = environment_value(getattr(defaults, field))
         assert rows[variable] in (shown, shown.removesuffix(".0")), variable

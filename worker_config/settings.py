@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -69,6 +69,14 @@ def _prefix(raw: str) -> str:
     return raw
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+    return origins
+
+
 _REDIS = _url(("redis", "rediss", "unix"))
 _BROKER = _url(("redis", "rediss", "amqp", "amqps", "pyamqp", "memory", "sentinel"))
 
@@ -103,6 +111,10 @@ class Settings:
     command_burst: int = 100
     max_connections: int = 0
     max_connections_per_ip: int = 1000
+    auth_secret: str = field(default="", repr=False)  # never in logs or tracebacks
+    auth_public_key: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    insecure: bool = False
 
 
 # field name -> (environment variable, parser)
@@ -133,6 +145,10 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "command_burst": ("TASKCAST_COMMAND_BURST", _int(1)),
     "max_connections": ("TASKCAST_MAX_CONNECTIONS", _int(0)),
     "max_connections_per_ip": ("TASKCAST_MAX_CONNECTIONS_PER_IP", _int(1)),
+    "auth_secret": ("TASKCAST_AUTH_SECRET", str),
+    "auth_public_key": ("TASKCAST_AUTH_PUBLIC_KEY", str),
+    "allowed_origins": ("TASKCAST_ALLOWED_ORIGINS", _origins),
+    "insecure": ("TASKCAST_INSECURE", _bool),
 }
 
 VARIABLES: dict[str, str] = {name: var for name, (var, _) in _ENV.items()}
@@ -146,11 +162,19 @@ def to_environment(settings: Settings) -> dict[str, str]:
     For starting workers and bridges as child processes with the settings of
     this one.
     """
-    env = {}
-    for field in fields(Settings):
-        value = getattr(settings, field.name)
-        env[VARIABLES[field.name]] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+    return {
+        VARIABLES[item.name]: environment_value(getattr(settings, item.name))
+        for item in fields(Settings)
+    }
+
+
+def environment_value(value: Any) -> str:
+    """A setting as its variable spells it: ``true``/``false``, commas between list items."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -162,13 +186,13 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for field in fields(Settings):
-        var, parse = _ENV[field.name]
+    for item in fields(Settings):
+        var, parse = _ENV[item.name]
         raw = env.get(var)
         if raw is None or raw == "":
             continue
         try:
-            values[field.name] = parse(raw.strip())
+            values[item.name] = parse(raw.strip())
         except ValueError as exc:
             raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -9,6 +9,7 @@ connection:
 - ``progress``, ``status``, ``log``: the same for the task running now.
 - ``ProgressRecorder``: celery-progress's recorder, streamed.
 - ``Emitter``, ``AsyncEmitter``: operations for work that is not a Celery task.
+- ``mint_token``: a token for the bridge, minted by the web app that submits work.
 
 The clients are in ``taskcast.client`` (``TaskcastClient``, ``SyncClient``).
 """
@@ -36,6 +37,7 @@ _LAZY = {
     "ProgressRecorder": ".tasks.current",
     "Emitter": ".tasks.emitter",
     "AsyncEmitter": ".tasks.emitter",
+    "mint_token": ".tokens",
 }
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "ProgressRecorder",
     "Emitter",
     "AsyncEmitter",
+    "mint_token",
 ]
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

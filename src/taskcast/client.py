@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import random
 import threading
-from collections.abc import AsyncGenerator, Iterator
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import websockets
@@ -40,6 +43,33 @@ class CommandError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+TokenSource = Callable[[], str | Awaitable[str]]
+CLOSE_TOKEN_EXPIRED = 4401
+REFRESH_MARGIN = 30.0  # at most this long before expiry a token is replaced
+EXPIRY_SLACK = 1.0  # a token closer than this to expiry is not presented again
+
+
+def token_expires_in(token: str) -> float:
+    """Seconds until ``token`` expires, read without verifying it (that is the bridge's job)."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return float("inf")
+    exp = claims.get("exp")
+    return float(exp) - time.time() if isinstance(exp, (int, float)) else float("inf")
+
+
+def with_token(url: str, token: str | None) -> str:
+    """``url`` with the ``token`` query parameter (PROTOCOL.md "Access control")."""
+    if token is None:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "token"] + [("token", token)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def should_reconnect(code: int | None) -> bool:
@@ -86,11 +116,22 @@ class TaskcastClient:
         self,
         url: str = DEFAULT_URL,
         *,
+        token: str | None = None,
+        get_token: TokenSource | None = None,
+        refresh: bool = True,
         reconnect: bool = True,
         open_timeout: float = 5.0,
         max_reconnect_time: float = 60.0,
     ) -> None:
+        """``token`` for a bridge that requires one; ``get_token`` (a function, sync or
+        async, returning a fresh token) lets the client send a new one before the
+        current one expires (``refresh``) and reconnect after a 4401 without losing
+        an event."""
         self.url = url
+        self.token = token
+        self.get_token = get_token
+        self.refresh = refresh
+        self._refresher: asyncio.Task[None] | None = None
         self.reconnect = reconnect
         self.open_timeout = open_timeout
         self.max_reconnect_time = max_reconnect_time
@@ -113,6 +154,8 @@ class TaskcastClient:
     async def close(self) -> None:
         """Close for good: pending commands fail, iterators end."""
         self._closing = True
+        if self._refresher is not None:
+            self._refresher.cancel()
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
@@ -240,17 +283,54 @@ class TaskcastClient:
         with contextlib.suppress(CommandError, ConnectionError, ConnectionClosed):
             await self.request(command, **fields)
 
+    async def _fresh_token(self) -> str | None:
+        """The token to present: a new one from ``get_token`` when there is none or it is
+        about to expire, else the one we have."""
+        if self.get_token is not None and (
+            self.token is None or token_expires_in(self.token) < EXPIRY_SLACK
+        ):
+            fetched = self.get_token()
+            self.token = await fetched if inspect.isawaitable(fetched) else fetched
+        return self.token
+
     async def _open(self) -> None:
         try:
+            token = await self._fresh_token()
             self._ws = await connect(
-                self.url, open_timeout=self.open_timeout, max_size=None, compression=None
+                with_token(self.url, token),
+                open_timeout=self.open_timeout,
+                max_size=None,
+                compression=None,
             )
             await asyncio.wait_for(self._ws.recv(), self.open_timeout)  # the connected frame
-        except (OSError, TimeoutError, websockets.InvalidHandshake, ConnectionClosed) as exc:
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code == CLOSE_TOKEN_EXPIRED:
+                self.token = None  # fetch another before the next attempt
+            raise BridgeUnavailable(
+                f"the bridge at {self.url} refused the connection: {exc}"
+            ) from exc
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise BridgeUnavailable(
                 f"cannot reach the taskcast bridge at {self.url}: {exc}"
             ) from exc
         self._connected.set()
+        if self.get_token is not None and self.refresh and self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_tokens())
+
+    async def _refresh_tokens(self) -> None:
+        """Send ``auth`` with a new token when four fifths of the current one's life (at
+        most all but ``REFRESH_MARGIN`` seconds of it) have passed."""
+        while not self._closing:
+            assert self.token is not None
+            remaining = token_expires_in(self.token)
+            if remaining == float("inf"):
+                return  # a token without expiry needs no refresh
+            await asyncio.sleep(max(0.0, remaining - min(REFRESH_MARGIN, remaining / 5)))
+            with contextlib.suppress(BridgeUnavailable, CommandError, ConnectionError):
+                await self._wait_connected()
+                self.token = None
+                token = await self._fresh_token()
+                await self.request("auth", token=token)
 
     async def _wait_connected(self) -> None:
         if self._closing:
@@ -273,6 +353,11 @@ class TaskcastClient:
             code = self._ws.close_code
             if self._closing:
                 break
+            if code == CLOSE_TOKEN_EXPIRED:
+                if self.get_token is None:
+                    lost = BridgeUnavailable("the token expired (4401); pass get_token to renew")
+                    break
+                self.token = None  # reconnect with a fresh one and resume
             if not self.reconnect or not should_reconnect(code):
                 lost = BridgeUnavailable(f"the bridge closed the connection (code {code})")
                 break

@@ -61,7 +61,17 @@ def submitting_app(name: str = "taskcast_submit") -> Celery:
     return instrument(app)
 
 
-def run_client(url: str | None, work: Callable[[TaskcastClient], Awaitable[int]]) -> None:
+token_option = click.option(
+    "--token",
+    envvar="TASKCAST_TOKEN",
+    default=None,
+    help="Token for a bridge that requires one [TASKCAST_TOKEN]",
+)
+
+
+def run_client(
+    url: str | None, token: str | None, work: Callable[[TaskcastClient], Awaitable[int]]
+) -> None:
     """Connect, run ``work``, exit with its code; unreachable bridges exit 3 in one line."""
     url = url or default_url()
     if not url.startswith(("ws://", "wss://")):
@@ -72,7 +82,7 @@ def run_client(url: str | None, work: Callable[[TaskcastClient], Awaitable[int]]
         sys.exit(EXIT_USAGE)
 
     async def main() -> int:
-        async with TaskcastClient(url) as client:
+        async with TaskcastClient(url, token=token) as client:
             return await work(client)
 
     try:
@@ -202,10 +212,11 @@ wait_option = click.option(
 @click.command()
 @click.argument("operation_id")
 @url_option
+@token_option
 @wait_option
-def watch(operation_id: str, url: str | None, wait: float) -> None:
+def watch(operation_id: str, url: str | None, token: str | None, wait: float) -> None:
     """Follow one operation live; exit 0 when it completes, 1 when it fails, 4 if unknown."""
-    run_client(url, lambda client: follow(client, operation_id, Console(), wait))
+    run_client(url, token, lambda client: follow(client, operation_id, Console(), wait))
 
 
 def workers_with(app: Celery, task_name: str, timeout: float) -> tuple[int, int]:
@@ -226,6 +237,7 @@ def workers_with(app: Celery, task_name: str, timeout: float) -> tuple[int, int]
     help="Send even if no running worker has the task registered (it waits in the queue)",
 )
 @url_option
+@token_option
 def submit(
     task_name: str,
     args: tuple[str, ...],
@@ -233,6 +245,7 @@ def submit(
     queue: str | None,
     no_check: bool,
     url: str | None,
+    token: str | None,
 ) -> None:
     """Submit a Celery task by name and print its id (the operation id).
 
@@ -258,7 +271,7 @@ def submit(
         sys.exit(EXIT_UNREACHABLE)
     click.echo(result.id)
     if watch_it:
-        run_client(url, lambda client: follow(client, result.id, Console(stderr=True)))
+        run_client(url, token, lambda client: follow(client, result.id, Console(stderr=True)))
 
 
 def _operations_table(rows: dict[str, dict[str, Any]]) -> Table:
@@ -312,16 +325,18 @@ async def _monitor(client: TaskcastClient, console: Console, duration: float | N
 
 @click.command()
 @url_option
+@token_option
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds")
-def monitor(url: str | None, duration: float | None) -> None:
+def monitor(url: str | None, token: str | None, duration: float | None) -> None:
     """Show every operation live (a table on a terminal, one line per event otherwise)."""
-    run_client(url, lambda client: _monitor(client, Console(), duration))
+    run_client(url, token, lambda client: _monitor(client, Console(), duration))
 
 
 @click.command()
 @url_option
+@token_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON object")
-def stats(url: str | None, as_json: bool) -> None:
+def stats(url: str | None, token: str | None, as_json: bool) -> None:
     """Print the bridge's statistics."""
 
     async def show(client: TaskcastClient) -> int:
@@ -335,7 +350,7 @@ def stats(url: str | None, as_json: bool) -> None:
         Console().print(table)
         return 0
 
-    run_client(url, show)
+    run_client(url, token, show)
 
 
 COMMANDS = (submit, watch, monitor, stats)

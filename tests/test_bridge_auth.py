@@ -1,0 +1,279 @@
+"""Access control (PROTOCOL.md 1.1): tokens over WebSocket and HTTP, scopes, origins, exposure.
+
+Every refusal is checked with the close code or error code a client author
+reads in the protocol; tokens are real JWTs (PyJWT), minted with
+``taskcast.mint_token`` or, for the hostile ones, by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import jwt
+import orjson
+import pytest
+from bridge_helpers import BridgeProcess, WsClient, running_bridge
+from helpers import worker_env
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from taskcast import mint_token
+from taskcast.bridge import Bridge
+from taskcast.client import TaskcastClient
+from taskcast.events import Event, progress_data, status_data
+from taskcast.store import EventStore
+from taskcast.worker_config import Settings
+
+SECRET = "test-secret-" + "x" * 32
+
+
+@pytest.fixture
+async def secured(redis_url: str, prefix: str, store: EventStore) -> AsyncIterator[Bridge]:
+    for op in ("op-a", "op-b"):
+        store.append(Event("status", op, status_data("queued"), operation_type="t"))
+    async with running_bridge(redis_url, prefix, auth_secret=SECRET) as bridge:
+        yield bridge
+
+
+def token(ops: list[str] | str = "op-a", **kwargs: object) -> str:
+    return mint_token(ops, secret=SECRET, **kwargs)  # type: ignore[arg-type]
+
+
+HOSTILE = {
+    "forged": lambda: mint_token("op-a", secret="another-key-" + "y" * 32),
+    "alg none": lambda: jwt.encode({"exp": time.time() + 60, "ops": ["op-a"]}, None, "none"),
+    "malformed": lambda: "not.a.jwt",
+    "no exp": lambda: jwt.encode({"ops": ["op-a"]}, SECRET, "HS256"),
+}
+
+
+def expired() -> str:
+    return jwt.encode({"exp": int(time.time()) - 5, "ops": ["op-a"]}, SECRET, "HS256")
+
+
+async def close_code(url: str) -> int | None:
+    """Connect and read until the bridge closes; its close code."""
+    async with connect(url) as ws:
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        return ws.close_code
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_a_hostile_token_in_the_url_closes_with_1008(secured: Bridge, kind: str) -> None:
+    assert await close_code(f"{secured.url}?token={HOSTILE[kind]()}") == 1008
+
+
+async def test_an_expired_token_in_the_url_closes_with_4401(secured: Bridge) -> None:
+    assert await close_code(f"{secured.url}?token={expired()}") == 4401
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_a_hostile_token_in_auth_is_unauthorized_and_the_connection_lives(
+    secured: Bridge, kind: str
+) -> None:
+    client = await WsClient.open(secured.url)
+    for bad in (HOSTILE[kind](), expired()):
+        reply = await client.request("auth", token=bad)
+        assert reply["code"] == "unauthorized"
+    assert (await client.request("ping"))["status"] == "pong"
+    await client.close()
+
+
+async def test_without_a_token_only_auth_and_ping_work(secured: Bridge) -> None:
+    client = await WsClient.open(secured.url)
+    for command, fields in (
+        ("subscribe", {"operation_id": "op-a"}),
+        ("get_operation", {"operation_id": "op-a"}),
+        ("list_operations", {}),
+        ("subscribe_all", {}),
+        ("get_stats", {}),
+    ):
+        assert (await client.request(command, **fields))["code"] == "unauthorized", command
+    assert (await client.request("ping"))["status"] == "pong"
+    reply = await client.request("auth", token=token())
+    assert reply["status"] == "authenticated" and reply["scopes"] == ["read"]
+    assert reply["expires_at"] > time.time()
+    assert (await client.request("subscribe", operation_id="op-a"))["status"] == "subscribed"
+    await client.close()
+
+
+async def test_a_token_for_one_operation_cannot_reach_another(secured: Bridge) -> None:
+    client = await WsClient.open(f"{secured.url}?token={token('op-a')}")
+    assert (await client.request("subscribe", operation_id="op-a"))["status"] == "subscribed"
+    for command, fields in (
+        ("subscribe", {"operation_id": "op-b"}),
+        ("get_operation", {"operation_id": "op-b"}),
+        ("cancel", {"operation_id": "op-a"}),  # read scope only
+        ("list_operations", {}),
+        ("subscribe_all", {}),
+        ("get_stats", {}),
+    ):
+        assert (await client.request(command, **fields))["code"] == "forbidden", command
+    assert (await client.request("ping"))["status"] == "pong"  # still connected
+    await client.close()
+
+
+async def test_a_monitor_token_reads_everything(secured: Bridge) -> None:
+    client = await WsClient.open(f"{secured.url}?token={token([], scopes=['monitor'])}")
+    assert (await client.request("get_operation", operation_id="op-b"))["operation"]
+    listed = (await client.request("list_operations"))["operations"]
+    assert {op["operation_id"] for op in listed} >= {"op-a", "op-b"}
+    assert (await client.request("subscribe_all"))["status"] == "subscribed"
+    await client.close()
+
+
+async def test_auth_refreshes_a_token_before_it_expires(secured: Bridge) -> None:
+    client = await WsClient.open(f"{secured.url}?token={token(ttl=1.5)}")
+    refreshed = await client.request("auth", token=token(ttl=60))
+    assert refreshed["status"] == "authenticated"
+    await asyncio.sleep(2.5)  # past the first token's expiry: the clock is what is tested
+    assert (await client.request("ping"))["status"] == "pong"
+    await client.close()
+
+
+async def test_a_token_expiring_on_a_live_connection_closes_it_with_4401(secured: Bridge) -> None:
+    client = await WsClient.open(f"{secured.url}?token={token(ttl=1)}")
+    assert await client.wait_closed(timeout=5) == 4401
+
+
+async def test_no_token_in_time_closes_with_1008(
+    secured: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("taskcast.bridge.server.AUTH_DEADLINE", 0.5)
+    client = await WsClient.open(secured.url)
+    assert await client.wait_closed(timeout=5) == 1008
+
+
+def http(url: str, bearer: str | None = None, origin: str | None = None) -> tuple[int, dict]:
+    headers = {}
+    if bearer:
+        headers["Authorization"] = f"Bearer {bearer}"
+    if origin:
+        headers["Origin"] = origin
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return r.status, dict(r.headers)
+    except urllib.error.HTTPError as err:
+        assert orjson.loads(err.read())["status"] == "error"
+        return err.code, dict(err.headers)
+
+
+async def test_http_needs_a_token_and_honours_its_scope(secured: Bridge) -> None:
+    base = f"http://127.0.0.1:{secured.port}"
+
+    async def status(path: str, bearer: str | None = None) -> int:
+        return (await asyncio.to_thread(http, base + path, bearer))[0]
+
+    assert await status("/api/operations/op-a") == 401
+    for make in (*HOSTILE.values(), expired):
+        assert await status("/api/operations/op-a", make()) == 401
+    assert await status("/api/operations/op-a", token("op-a")) == 200
+    assert await status(f"/api/operations/op-a?token={token('op-a')}") == 200
+    assert await status("/api/operations/op-b", token("op-a")) == 403
+    assert await status("/api/operations", token("op-a")) == 403
+    assert await status("/api/stats", token("op-a")) == 403
+    assert await status("/api/operations", token([], scopes=["monitor"])) == 200
+    assert await status("/healthz") == 200  # health and the dashboard page stay open
+
+
+async def test_origin_allowlist_refuses_other_browser_origins(redis_url: str, prefix: str) -> None:
+    allowed = "https://app.example"
+    async with running_bridge(redis_url, prefix, allowed_origins=(allowed,)) as bridge:
+        async with connect(bridge.url, origin=allowed) as ws:  # type: ignore[arg-type]
+            assert orjson.loads(await ws.recv())["event_type"] == "connected"
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(bridge.url, origin="https://evil.example")  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 403
+        base = f"http://127.0.0.1:{bridge.port}"
+        status, headers = await asyncio.to_thread(http, base + "/taskcast.js", None, allowed)
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == allowed
+        status, headers = await asyncio.to_thread(http, base + "/taskcast.js")
+        assert status == 200 and "Access-Control-Allow-Origin" not in headers
+        status, _ = await asyncio.to_thread(http, base + "/healthz", None, "https://evil.example")
+        assert status == 403
+
+
+def test_serving_a_network_address_without_a_key_is_refused_in_one_line() -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "taskcast", "serve", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert "TASKCAST_AUTH_SECRET" in refused.stderr and "--insecure" in refused.stderr
+    insecure = BridgeProcess("--host", "0.0.0.0", "--port", "0", "--insecure")
+    try:
+        insecure.wait_listening()
+    finally:
+        insecure.stop()
+
+
+async def emit_for(store: EventStore, operation_id: str, count: int, interval: float) -> None:
+    for i in range(count):
+        store.append(Event("progress", operation_id, progress_data((i + 1) / count)))
+        await asyncio.sleep(interval)
+    store.append(Event("completed", operation_id, {"status": "completed"}))
+
+
+@pytest.mark.parametrize("refresh", [True, False], ids=["auth-refresh", "reconnect-on-4401"])
+async def test_the_python_client_renews_short_tokens_and_misses_no_event(
+    secured: Bridge, store: EventStore, refresh: bool
+) -> None:
+    minted: list[str] = []
+
+    def get_token() -> str:
+        minted.append(token("op-live", ttl=1.5))
+        return minted[-1]
+
+    store.append(Event("status", "op-live", status_data("queued")))
+    async with TaskcastClient(secured.url, get_token=get_token, refresh=refresh) as client:
+        emitting = asyncio.create_task(emit_for(store, "op-live", 40, 0.1))
+        seqs = [event["seq"] async for event in client.watch("op-live")]
+        await emitting
+    assert seqs == list(range(1, 43))  # queued, 40 progress, completed: no gap, no repeat
+    assert len(minted) >= 3  # the 4 s run outlived two tokens
+    reconnected = secured.hub.stats.connections_total > 1
+    assert reconnected is not refresh
+
+
+def test_the_cli_takes_a_token_from_the_flag_or_the_environment(
+    task_settings: Settings, prefix: str, store: EventStore
+) -> None:
+    store.append(Event("status", "op-cli", status_data("queued")))
+    store.append(Event("completed", "op-cli", {"status": "completed"}))
+    env = worker_env(replace(task_settings, prefix=prefix, auth_secret=SECRET))
+    bridge = BridgeProcess("--port", "0", env=env)
+    try:
+        bridge.wait_listening()
+        base = [sys.executable, "-m", "taskcast", "watch", "op-cli", "--url", bridge.url]
+
+        def watch(*extra: str, **variables: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*base, *extra],
+                env={**env, **variables},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        refused = watch("--wait", "0")
+        assert refused.returncode == 1 and "unauthorized" in refused.stderr
+        assert watch("--token", token("op-cli")).returncode == 0
+        assert watch(TASKCAST_TOKEN=token("op-cli")).returncode == 0
+        forbidden = watch("--token", token("op-other"))
+        assert forbidden.returncode == 1 and "forbidden" in forbidden.stderr
+        assert token("op-cli") not in "\n".join(bridge.lines)  # tokens are never logged
+    finally:
+        bridge.stop()
