@@ -50,9 +50,12 @@ class CeleryEventTranslator:
     ``task-started``, so ``queued`` is stored before ``running`` either way.
     """
 
-    def __init__(self, result_max_bytes: int = 65536, send_traceback: bool = False) -> None:
+    def __init__(
+        self, result_max_bytes: int = 65536, send_traceback: bool = False, record_args: bool = True
+    ) -> None:
         self.result_max_bytes = result_max_bytes
         self.send_traceback = send_traceback
+        self.recorded = ("args", "kwargs", "eta") if record_args else ("eta",)
 
     def translate(self, event: Mapping[str, Any]) -> list[tuple[Event, str]]:
         kind, task_id = event.get("type"), event.get("uuid")
@@ -75,11 +78,7 @@ class CeleryEventTranslator:
     def _queued(self, task_id: str, event: Mapping[str, Any]) -> list[tuple]:
         if event.get("retries"):
             return []  # a retry's republication: task-retried said it already
-        metadata = {
-            out: event[key]
-            for key, out in (("args", "args"), ("kwargs", "kwargs"), ("eta", "eta"))
-            if event.get(key) not in (None, "")
-        }
+        metadata = {key: event[key] for key in self.recorded if event.get(key) not in (None, "")}
         for key in ("parent_id", "root_id"):
             if event.get(key) not in (None, event.get("uuid")):
                 metadata[key] = event[key]

@@ -20,9 +20,10 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from taskcast.bridge.access import TokenRejected, origin_allowed, request_token
+from taskcast.bridge.access import Grant, TokenRejected, origin_allowed, request_token
 from taskcast.bridge.commands import (
     MAX_ID_LENGTH,
+    CommandError,
     error_body,
     list_limit,
     list_status,
@@ -59,6 +60,7 @@ CONTENT_TYPES = {
 # One path segment, no leading dot: no traversal, no hidden files, no subdirectories.
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 _OPERATION_PREFIX = "/api/operations/"
+_CANCEL_SUFFIX = "/cancel"
 ONLY_GET = "only GET and HEAD are supported"
 ORIGIN_REFUSED = "this origin is not allowed (TASKCAST_ALLOWED_ORIGINS)"
 CAP_REFUSALS = {
@@ -148,6 +150,10 @@ class HttpRoutes:
             if refusal is not None:
                 return error_response(refusal, *CAP_REFUSALS[refusal])
             return None
+        if request.method == "POST" and path.startswith(_OPERATION_PREFIX) and path.endswith(
+            _CANCEL_SUFFIX
+        ):
+            return await self._cancel(path, parse_qs(url.query), request)
         if request.method not in ("GET", "HEAD"):
             return error_response(405, BAD_REQUEST, ONLY_GET)
         try:
@@ -192,14 +198,38 @@ class HttpRoutes:
             return self._static(path[len("/static/") :])
         return error_response(404, NOT_FOUND, f"no such path: {path[:200]}")
 
-    def _refusal(self, path: str, request: Request) -> Response | None:
-        """401 without a valid token, 403 outside its scope (PROTOCOL.md "Access control")."""
+    async def _cancel(
+        self, path: str, query: dict[str, list[str]], request: Request
+    ) -> Response:
+        """``POST /api/operations/{id}/cancel[?terminate=true]``: the ``cancel`` command."""
+        operation_id = unquote(path[len(_OPERATION_PREFIX) : -len(_CANCEL_SUFFIX)])
+        grant = self._grant(request)
+        if isinstance(grant, Response):
+            return grant
+        if not grant.cancels(operation_id):
+            return error_response(403, FORBIDDEN, "your token does not allow cancel")
+        terminate = query.get("terminate", ["false"])[-1].lower() in ("1", "true", "yes")
+        try:
+            body = await self.bridge.cancel(operation_id, terminate, grant.subject)
+        except CommandError as exc:
+            return error_response(404 if exc.code == NOT_FOUND else 409, exc.code, exc.message)
+        return json_response(202, body)
+
+    def _grant(self, request: Request) -> Grant | Response:
+        """The request's grant, or the 401 refusing a missing or invalid token."""
         try:
             grant = self.bridge.grant_for(request_token(request.path, request.headers))
         except TokenRejected as exc:
             return error_response(401, UNAUTHORIZED, str(exc))
         if grant is None:
             return error_response(401, UNAUTHORIZED, "a token is required (Authorization: Bearer)")
+        return grant
+
+    def _refusal(self, path: str, request: Request) -> Response | None:
+        """401 without a valid token, 403 outside its scope (PROTOCOL.md "Access control")."""
+        grant = self._grant(request)
+        if isinstance(grant, Response):
+            return grant
         if path.startswith(_OPERATION_PREFIX):
             allowed = grant.reads(unquote(path[len(_OPERATION_PREFIX) :]))
         else:

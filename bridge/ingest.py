@@ -28,7 +28,9 @@ class CeleryEventIngester:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.translator = CeleryEventTranslator(settings.result_max_bytes, settings.send_traceback)
+        self.translator = CeleryEventTranslator(
+            settings.result_max_bytes, settings.send_traceback, settings.record_args
+        )
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )

@@ -61,9 +61,12 @@ from taskcast.bridge.limits import (
 )
 from taskcast.bridge.metrics import BridgeMetrics
 from taskcast.bridge.reader import STORE_ERRORS, LiveTail, StoreReader
+from taskcast.bridge.revoke import Revoker
 from taskcast.bridge.sweeper import sweep_periodically
+from taskcast.events import FINISHED_STATUSES
 from taskcast.keys import is_recovered
 from taskcast.protocol import (
+    BAD_REQUEST,
     FORBIDDEN,
     NOT_FOUND,
     RATE_LIMITED,
@@ -169,7 +172,9 @@ class Bridge:
             "get_stats": self._get_stats,
             "ping": self._ping,
             "auth": self._auth,
+            "cancel": self._cancel,
         }
+        self._revoker: Revoker | None = None
 
     @property
     def url(self) -> str:
@@ -224,6 +229,8 @@ class Bridge:
         await self._stop_store_tasks()
 
     async def _stop_store_tasks(self) -> None:
+        if self._revoker is not None:
+            self._revoker.close()
         if self._sweep_task is not None:
             self._sweep_task.cancel()
         if self._tail_task is not None:
@@ -518,12 +525,36 @@ class Bridge:
         }
         self.hub.send(peer, encode(body, command.request_id))
 
+    async def _cancel(self, peer: Peer, command: Command) -> None:
+        assert command.operation_id is not None
+        subject = peer.grant.subject if peer.grant else None
+        try:
+            body = await self.cancel(command.operation_id, command.terminate, subject)
+        except CommandError as exc:
+            raise CommandError(exc.code, exc.message, command.request_id) from None
+        self.hub.send(peer, encode(body, command.request_id))
+
     async def _ping(self, peer: Peer, command: Command) -> None:
         self.hub.send(
             peer, encode({"status": "pong", "timestamp": time.time()}, command.request_id)
         )
 
     # -- shared with HTTP ----------------------------------------------------------
+
+    async def cancel(
+        self, operation_id: str, terminate: bool, subject: str | None = None
+    ) -> dict[str, Any]:
+        """Revoke an operation's task; the ``cancel`` reply (CommandError if it cannot be)."""
+        snapshot = await self.reader.operation(operation_id)
+        if snapshot is None:
+            raise CommandError(NOT_FOUND, not_found_message(operation_id))
+        if snapshot["status"] in FINISHED_STATUSES:
+            raise CommandError(BAD_REQUEST, f"operation already ended ({snapshot['status']})")
+        if self._revoker is None:
+            self._revoker = Revoker(self.settings)
+        await asyncio.to_thread(self._revoker.cancel, operation_id, terminate)
+        log.info("operation %s cancelled by %s", operation_id, subject or "a client")
+        return {"status": "cancelling", "operation_id": operation_id}
 
     async def stats(self) -> dict[str, Any]:
         """``get_stats``' object; operation counts are null while Redis is unreachable."""

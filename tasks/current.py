@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Task, current_task
 
+from taskcast.tasks.cancel import stop_if_ended
 from taskcast.tasks.emitter import Emitter
 from taskcast.tasks.lifecycle import records_lifecycle
 from taskcast.tasks.task import PROGRESS_STATE
@@ -51,23 +52,24 @@ def progress(
     """Report the current task's progress as a 0.0-1.0 fraction or ``current`` of ``total``."""
     operation_id = operation_id_of(current_task)
     if operation_id:
-        _emitter.emit_progress(
+        outcome = _emitter.emit_progress(
             operation_id, progress, message, details, current=current, total=total
         )
+        stop_if_ended(operation_id, outcome)
 
 
 def status(status: str, message: str = "", details: dict[str, Any] | None = None) -> None:
     """Set a task-defined status (e.g. ``processing``) of the current task."""
     operation_id = operation_id_of(current_task)
     if operation_id:
-        _emitter.emit_status(operation_id, status, message, details)
+        stop_if_ended(operation_id, _emitter.emit_status(operation_id, status, message, details))
 
 
 def log(level: str, message: str) -> None:
     """Stream a log line (debug, info, warning, error) of the current task to watchers."""
     operation_id = operation_id_of(current_task)
     if operation_id:
-        _emitter.emit_log(operation_id, level, message)
+        stop_if_ended(operation_id, _emitter.emit_log(operation_id, level, message))
 
 
 class ProgressRecorder:
@@ -99,7 +101,8 @@ class ProgressRecorder:
         if not getattr(self.task, "taskcast_lifecycle", False):
             operation_id = operation_id_of(self.task)
             if operation_id:
-                _emitter.emit_progress(
+                outcome = _emitter.emit_progress(
                     operation_id, None, description, current=current, total=total
                 )
+                stop_if_ended(operation_id, outcome)
         return PROGRESS_STATE, meta

@@ -97,9 +97,12 @@ class Emitter:
         *,
         current: float | None = None,
         total: float | None = None,
-    ) -> None:
-        """Progress as a 0.0-1.0 fraction or as ``current``/``total`` counts (coalesced)."""
-        self.emit(
+    ) -> int:
+        """Progress as a 0.0-1.0 fraction or as ``current``/``total`` counts (coalesced).
+
+        Like every ``emit_*``: the seq, 0 if held back or dropped, ``ENDED`` if the
+        operation has ended."""
+        return self.emit(
             "progress", operation_id, progress_data(progress, message, details, current, total)
         )
 
@@ -109,12 +112,12 @@ class Emitter:
         status: str,
         message: str = "",
         details: dict[str, Any] | None = None,
-    ) -> None:
-        self.emit("status", operation_id, status_data(status, message, details))
+    ) -> int:
+        return self.emit("status", operation_id, status_data(status, message, details))
 
-    def emit_log(self, operation_id: str, level: str, message: str) -> None:
+    def emit_log(self, operation_id: str, level: str, message: str) -> int:
         """A log line for watchers; ``level`` is debug, info, warning or error."""
-        self.emit("log", operation_id, log_data(level, message))
+        return self.emit("log", operation_id, log_data(level, message))
 
     def emit_result(self, operation_id: str, result: Any) -> None:
         """The return value, truncated as PROTOCOL.md allows when too large or not JSON."""

@@ -46,6 +46,7 @@ from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
 from taskcast.events import status_data
+from taskcast.tasks.cancel import OperationCancelled
 from taskcast.tasks.emitter import Emitter
 from taskcast.tasks.runtime import configure, get_producer, get_settings
 from taskcast.worker_config import load_settings
@@ -144,7 +145,9 @@ def publish_metadata(headers: dict[str, Any]) -> dict[str, Any]:
     ``parent_id``/``root_id`` only for a task started by another (a chain, a
     canvas, a task calling a task), so a dashboard can link them.
     """
-    names = {"argsrepr": "args", "kwargsrepr": "kwargs", "eta": "eta", "expires": "expires"}
+    names = {"eta": "eta", "expires": "expires"}
+    if get_settings().record_args:  # Celery's reprs, which users override to hide secrets
+        names.update(argsrepr="args", kwargsrepr="kwargs")
     metadata = {out: headers[key] for key, out in names.items() if headers.get(key) is not None}
     for key in ("parent_id", "root_id"):
         if headers.get(key) not in (None, headers.get("id")):
@@ -202,13 +205,18 @@ def record_failed(
     if not (task_id and records_lifecycle(sender)):
         return
     _started.pop(task_id, None)
-    lost = isinstance(exception, WorkerLostError)
+    if isinstance(exception, WorkerLostError):
+        status = "lost"
+    elif isinstance(exception, OperationCancelled):
+        status = "revoked"
+    else:
+        status = "failed"
     trace = getattr(einfo, "traceback", None) if get_settings().send_traceback else None
     emitter.emit_error(
         task_id,
         str(exception) or type(exception).__name__,
         type(exception).__name__,
-        "lost" if lost else "failed",
+        status,
         trace,
     )
 

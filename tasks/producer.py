@@ -33,6 +33,9 @@ from taskcast.worker_config import Settings
 logger = logging.getLogger("taskcast.producer")
 
 BACKOFF_SECONDS = 1.0
+# What emit returns when the store refused the event because the operation has
+# ended (completed, failed, revoked: e.g. a client cancelled it).
+ENDED = -1
 LOG_EVERY_SECONDS = 10.0
 LOCK_STRIPES = 64
 
@@ -82,7 +85,8 @@ class Producer:
         return self._stripes[hash(operation_id) % LOCK_STRIPES]
 
     def emit(self, event: Event) -> int:
-        """Store ``event`` (or hold it back if it is progress); return its seq or 0.
+        """Store ``event`` (or hold it back if it is progress); return its seq, 0 when it
+        was held back or dropped, or :data:`ENDED` when its operation has ended.
 
         Never raises because of Redis. A held-back progress value is stored
         before any other event of its operation, so the order is kept.
@@ -169,7 +173,7 @@ class Producer:
                     "taskcast event store reachable again at %s", self.settings.redis_url
                 )
             self.counters["stored" if seq else "rejected"] += 1
-        return seq
+        return seq or ENDED
 
     def _log_failure(self, exc: Exception, now: float) -> None:
         """Log the first failure, then at most one line per LOG_EVERY_SECONDS."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Task
 
+from taskcast.tasks.cancel import stop_if_ended
 from taskcast.tasks.emitter import Emitter, Operation
 from taskcast.tasks.lifecycle import record_lifecycle_of
 from taskcast.tasks.tracker import ProgressTracker
@@ -57,19 +58,23 @@ class ProgressTask(Task):
         stored event per ``TASKCAST_PROGRESS_INTERVAL`` and the last one is kept.
         """
         if self.operation_id:
-            self.emitter.emit_progress(
+            outcome = self.emitter.emit_progress(
                 self.operation_id, progress, message, details, current=current, total=total
             )
+            stop_if_ended(self.operation_id, outcome)
 
     def status(self, status: str, message: str = "", details: dict[str, Any] | None = None) -> None:
         """Set a task-defined status (e.g. ``processing``) shown in the snapshot."""
         if self.operation_id:
-            self.emitter.emit_status(self.operation_id, status, message, details)
+            outcome = self.emitter.emit_status(self.operation_id, status, message, details)
+            stop_if_ended(self.operation_id, outcome)
 
     def log(self, level: str, message: str) -> None:
         """Stream a log line (debug, info, warning, error) to watchers."""
         if self.operation_id:
-            self.emitter.emit_log(self.operation_id, level, message)
+            stop_if_ended(
+                self.operation_id, self.emitter.emit_log(self.operation_id, level, message)
+            )
 
     def operation(self) -> Operation:
         """A handle bound to this run's id, for threads the task starts.
@@ -79,7 +84,7 @@ class ProgressTask(Task):
         thread works anywhere (``op.progress``, ``op.status``, ``op.log``).
         Completion stays with the lifecycle signals.
         """
-        return Operation(self.emitter, self.name, operation_id=self.operation_id)
+        return TaskOperation(self.emitter, self.name, operation_id=self.operation_id)
 
     def tracker(self, total_steps: int) -> ProgressTracker:
         """A step tracker; ``return tracker.complete(result)`` reports 100 % and returns it."""
@@ -104,7 +109,27 @@ class ProgressTask(Task):
         super().update_state(task_id, state, meta, **kwargs)
         operation_id = task_id or self.operation_id
         if state == PROGRESS_STATE and operation_id and isinstance(meta, dict):
-            self.emitter.emit_progress(operation_id, **progress_from_meta(meta))
+            outcome = self.emitter.emit_progress(operation_id, **progress_from_meta(meta))
+            stop_if_ended(operation_id, outcome)
+
+
+class TaskOperation(Operation):
+    """The handle a task's threads use: its helpers stop the thread once the operation ended."""
+
+    def progress(self, *args: Any, **kwargs: Any) -> int:
+        outcome: int = super().progress(*args, **kwargs)
+        stop_if_ended(self.id, outcome)
+        return outcome
+
+    def status(self, *args: Any, **kwargs: Any) -> int:
+        outcome: int = super().status(*args, **kwargs)
+        stop_if_ended(self.id, outcome)
+        return outcome
+
+    def log(self, *args: Any, **kwargs: Any) -> int:
+        outcome: int = super().log(*args, **kwargs)
+        stop_if_ended(self.id, outcome)
+        return outcome
 
 
 def progress_from_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -150,3 +150,13 @@ def test_retry_in_counts_down_to_the_eta() -> None:
     assert seconds_until("2025-01-01T12:00:02.500000+00:00", now) == 2.5
     assert seconds_until("2025-01-01T11:00:00+00:00", now) == 0.0
     assert seconds_until(None, now) == 0.0
+
+
+def test_task_arguments_are_left_out_when_recording_them_is_off(
+    task_app, run_task, store: EventStore
+) -> None:
+    recording = run_task("test.plain_add", {"a": 1, "b": 2})
+    assert recording.snapshot["metadata"]["kwargs"] == "{'a': 1, 'b': 2}"
+    tasks.configure(replace(tasks.get_settings(), record_args=False))
+    quiet = run_task("test.plain_add", {"a": 3, "b": 4})
+    assert "kwargs" not in quiet.snapshot["metadata"] and "args" not in quiet.snapshot["metadata"]

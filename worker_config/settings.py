@@ -115,6 +115,7 @@ class Settings:
     auth_public_key: str = ""
     allowed_origins: tuple[str, ...] = ()
     insecure: bool = False
+    record_args: bool = True
 
 
 # field name -> (environment variable, parser)
@@ -149,6 +150,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "auth_public_key": ("TASKCAST_AUTH_PUBLIC_KEY", str),
     "allowed_origins": ("TASKCAST_ALLOWED_ORIGINS", _origins),
     "insecure": ("TASKCAST_INSECURE", _bool),
+    "record_args": ("TASKCAST_RECORD_ARGS", _bool),
 }
 
 VARIABLES: dict[str, str] = {name: var for name, (var, _) in _ENV.items()}
