@@ -9,6 +9,7 @@ checked to be the ones the end-to-end tests run.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,18 +28,25 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def test_compose_bridges_require_tokens(compose: dict) -> None:
+    env = compose["services"]["bridge"]["environment"]
+    assert env["TASKCAST_AUTH_SECRET"].startswith("${TASKCAST_AUTH_SECRET:?")
+    assert "--insecure" not in compose["services"]["bridge"]["command"]
+
+
 def test_compose_file_is_valid_for_docker_compose(tmp_path: Path) -> None:
     binary = require_binary("docker-compose", "docker-compose")
-    ok = subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    command = [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
+    keyed = {**os.environ, "TASKCAST_AUTH_SECRET": "k" * 64}
+    ok = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=keyed)
     assert ok.returncode == 0, ok.stderr
+    unkeyed = {k: v for k, v in os.environ.items() if k != "TASKCAST_AUTH_SECRET"}
+    refused = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=unkeyed)
+    assert refused.returncode != 0 and "TASKCAST_AUTH_SECRET" in refused.stderr
     broken = tmp_path / "docker-compose.yml"
     broken.write_text((ROOT / "docker-compose.yml").read_text().replace("condition:", "when:"))
-    bad = subprocess.run([binary, "-f", str(broken), "config", "-q"], capture_output=True)
+    bad_command = [binary, "-f", str(broken), "config", "-q"]
+    bad = subprocess.run(bad_command, capture_output=True, env=keyed)
     assert bad.returncode != 0
 
 
