@@ -204,6 +204,12 @@ class Hub:
         self.stats.slow_consumer_disconnects += 1
         self._overflowed.append(conn)
 
+    def evict(self, conn: Connection) -> None:
+        """Drop a client that has owed replies for too long: as a slow consumer (4008)."""
+        if not conn.closed:
+            self._condemn(conn)
+            self._flush_overflowed()
+
     def _flush_overflowed(self) -> None:
         while self._overflowed:
             conn = self._overflowed.pop()

@@ -93,6 +93,8 @@ STORE_DOWN = "event store (Redis) is unreachable; retry later"
 RATE_MESSAGE = "too many commands; slow down (TASKCAST_COMMAND_RATE)"
 UNAUTHENTICATED = "authenticate first: send auth with a token, or connect with ?token="
 CLOSE_POLICY = 1008
+# How long a client may stay over its send budget with replies unread before 4008.
+SLOW_READER_GRACE = 10.0
 CLOSE_TOKEN_EXPIRED = 4401
 LOOP_ERROR_LOG_INTERVAL = 1.0
 # The direct path writes to a transport only while it buffers less than this
@@ -341,8 +343,13 @@ class Bridge:
             self._flush(peer)
         if peer.writer is None:
             return
-        peer.drained = asyncio.get_running_loop().create_future()
-        await peer.drained
+        drained = peer.drained = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(drained, SLOW_READER_GRACE)
+        except asyncio.TimeoutError:
+            # Over budget and not reading: PROTOCOL.md "Limits" closes it (4008); it may
+            # reconnect and resume once it reads again.
+            self.hub.evict(peer)
 
     def _on_ready(self, conn: Connection) -> None:
         """Flush this outbox at the end of the loop turn, unless its writer task runs.

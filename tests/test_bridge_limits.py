@@ -155,3 +155,19 @@ async def test_connection_caps_refuse_politely_and_health_still_answers(
         await eventually(admitted, timeout=5)
         for ws in held:
             await ws.close()
+
+
+async def test_a_client_that_never_reads_its_replies_is_closed_as_a_slow_consumer(
+    redis_url: str, prefix: str, store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("taskcast.bridge.server.SLOW_READER_GRACE", 1.0)
+    full_history(store, "big")
+    async with running_bridge(redis_url, prefix) as bridge:
+        ws = await connect(bridge.url, max_size=None)
+        ws.transport.pause_reading()
+        frame = orjson.dumps({"command": "subscribe", "operation_id": "big"}).decode()
+        for _ in range(100):  # 23 MB owed: more than the socket buffers and the budget
+            await ws.send(frame)
+        await eventually(lambda: not bridge.hub.connections, timeout=15)
+        assert bridge.hub.stats.slow_consumer_disconnects == 1
+        ws.transport.abort()
