@@ -3,7 +3,11 @@
 What a user watching the page would notice: a running task's bar moving and
 ending at 100 % completed, the detail view's event log matching what Redis
 stored, and the page reconnecting after the bridge restarts mid-task without
-losing or repeating an event. Screenshots go to ``test-artifacts/`` for a look.
+losing or repeating an event. On a bridge that requires tokens: a monitor
+token from the link works like an open bridge (and leaves the address bar),
+no token or a refused one is explained on the page instead of an empty list,
+and only a token with the cancel scope gets Cancel buttons, which revoke the
+task. Screenshots go to ``test-artifacts/`` for a look.
 
 A script added before the page's own code records, with MutationObservers,
 every value the rows' ``data-progress`` and the indicator's ``data-state``
@@ -14,20 +18,28 @@ rather than samples taken by polling.
 from __future__ import annotations
 
 import signal
+import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
+import jwt
 import pytest
 from bridge_helpers import RestartableBridge
 from browser_helpers import chromium
 from celery import Celery
-from helpers import ROOT_DIR, events_of, wait_finished
-from playwright.sync_api import Browser, Page
+from helpers import ROOT_DIR, events_of, wait_finished, worker_env
+from playwright.sync_api import Browser, Page, expect
 
+from taskcast import mint_token
+from taskcast.events import Event, status_data
 from taskcast.store import EventStore
+from taskcast.worker_config import Settings
 
 ARTIFACTS = ROOT_DIR / "test-artifacts"
 TIMEOUT_MS = 15_000
+SECRET = "dashboard-test-secret-" + "d" * 32
 
 RECORDER = """
 window.__seen = {progress: {}, states: [], logAdded: []};
@@ -69,9 +81,27 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-def page_url(bridge: RestartableBridge, operation_id: str | None = None) -> str:
+@pytest.fixture
+def secured_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
+    """``taskcast serve`` on this test's store that requires tokens signed with SECRET."""
+    bridge = RestartableBridge(
+        worker_env(replace(task_settings, prefix=prefix, auth_secret=SECRET))
+    )
+    bridge.start()
+    yield bridge
+    bridge.stop(signal.SIGKILL)
+
+
+def token(*scopes: str, ops: list[str] | str = "*", ttl: float = 300) -> str:
+    return mint_token(ops, scopes=scopes, ttl=ttl, secret=SECRET)
+
+
+def page_url(
+    bridge: RestartableBridge, operation_id: str | None = None, token: str | None = None
+) -> str:
     query = f"?operation={operation_id}" if operation_id else ""
-    return f"http://127.0.0.1:{bridge.port}/{query}"
+    fragment = f"#token={token}" if token else ""
+    return f"http://127.0.0.1:{bridge.port}/{query}{fragment}"
 
 
 def wait_state(page: Page, selector: str, timeout_ms: int = TIMEOUT_MS) -> None:
@@ -163,3 +193,150 @@ def test_page_reconnects_after_bridge_restart_and_shows_every_event_once(
     states = history["states"]
     assert states[-1] == "open" and "open" in states[:-1], f"no reconnect seen: {states}"
     assert set(states[states.index("open") :]) - {"open"}, f"never left open: {states}"
+
+
+# --- access control -------------------------------------------------------------------
+
+
+def row_of(operation_id: str) -> str:
+    return f"[data-testid=operation-row][data-operation-id='{operation_id}']"
+
+
+def test_a_monitor_token_from_the_link_follows_a_task_to_completion(
+    page: Page, secured_bridge: RestartableBridge, task_app: Celery, store: EventStore
+) -> None:
+    monitor = token("monitor")
+    page.goto(page_url(secured_bridge, token=monitor))
+    wait_state(page, "#connection[data-state=open]")
+    assert "token" not in page.url, f"the token stayed in the address bar: {page.url}"
+    assert page.evaluate("sessionStorage.getItem('taskcast.token')") == monitor
+    expect(page.get_by_test_id("access-scopes")).to_have_text("monitor")
+    expect(page.get_by_test_id("access-panel")).to_be_hidden()
+
+    result = task_app.send_task("demo.generate_code", kwargs={"lines": 10, "delay": 0.12})
+    row = row_of(result.id)
+    wait_state(page, f"{row}[data-status=processing]")
+    expect(page.locator(f"{row} [data-testid=operation-cancel]")).to_be_hidden()
+    wait_state(page, f"{row}[data-status=completed][data-progress='1']")
+    progress = seen(page)["progress"][result.id]
+    assert len({value for value in progress if 0 < value < 1}) >= 2, f"no live bar: {progress}"
+    assert progress == sorted(progress), f"the bar went backwards: {progress}"
+    expect(page.locator(f"{row} [data-testid=operation-status]")).to_have_text("completed")
+    wait_state(page, "[data-testid=stat-total_operations]:not(:text-is('–'))")
+    screenshot(page, "dashboard-token-monitor.png")
+
+    page.reload()  # the token is kept for this tab, without the link
+    wait_state(page, "#connection[data-state=open]")
+    wait_state(page, f"{row}[data-status=completed]")
+    expect(page.get_by_test_id("access-panel")).to_be_hidden()
+
+
+REFUSALS = {
+    # kind: (token in the link, the panel's reason, what its title says)
+    "no-token": (None, "required", "This bridge requires an access token"),
+    "forged": (
+        lambda: mint_token("*", scopes=["monitor"], secret="another-key-" + "k" * 32),
+        "refused",
+        "The bridge refused the access token",
+    ),
+    "expired": (
+        lambda: jwt.encode(
+            {"exp": int(time.time()) - 5, "ops": ["*"], "scopes": ["monitor"]}, SECRET
+        ),
+        "expired",
+        "The access token has expired",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSALS))
+def test_without_a_usable_token_the_page_says_why_and_takes_a_new_one(
+    page: Page, secured_bridge: RestartableBridge, store: EventStore, kind: str
+) -> None:
+    make, reason, title = REFUSALS[kind]
+    operation_id = f"op-{uuid.uuid4()}"
+    store.append(Event("status", operation_id, status_data("running"), operation_type="t"))
+    page.goto(page_url(secured_bridge, token=make() if make else None))
+
+    panel = page.get_by_test_id("access-panel")
+    expect(panel).to_be_visible()
+    expect(panel).to_have_attribute("data-reason", reason)
+    expect(page.get_by_test_id("access-title")).to_have_text(title)
+    expect(page.get_by_test_id("operations")).to_be_hidden()
+    expect(page.get_by_test_id("operations-empty")).to_be_hidden()
+    expect(page.get_by_test_id("toast")).to_be_hidden()
+    if kind == "forged":
+        expect(page.get_by_test_id("access-message")).to_contain_text("invalid token")
+    screenshot(page, f"dashboard-token-{kind}.png")
+
+    page.get_by_test_id("token-input").fill("not a token")
+    page.get_by_test_id("token-submit").click()
+    expect(page.get_by_test_id("token-error")).to_be_visible()
+
+    page.get_by_test_id("token-input").fill(token("monitor"))
+    page.get_by_test_id("token-submit").click()
+    wait_state(page, "#connection[data-state=open]")
+    wait_state(page, f"{row_of(operation_id)}[data-status=running]")
+    expect(panel).to_be_hidden()
+    assert "token" not in page.url
+
+
+def test_a_token_without_monitor_says_so_and_still_follows_its_operation(
+    page: Page, secured_bridge: RestartableBridge, store: EventStore
+) -> None:
+    operation_id = f"op-{uuid.uuid4()}"
+    store.append(Event("status", operation_id, status_data("running"), operation_type="t"))
+    page.goto(page_url(secured_bridge, operation_id, token=token("read", ops=[operation_id])))
+    expect(page.get_by_test_id("access-panel")).to_have_attribute("data-reason", "forbidden")
+    expect(page.get_by_test_id("access-message")).to_contain_text("monitor scope")
+    expect(page.get_by_test_id("monitor-toggle")).to_be_disabled()
+    wait_state(page, "#detail[data-status=running]")
+    wait_state(page, "[data-testid=log-entry][data-seq='1']")
+    expect(page.get_by_test_id("toast")).to_be_hidden()
+
+
+def test_only_a_token_with_cancel_shows_cancel_buttons_for_running_tasks(
+    browser: Browser, page: Page, secured_bridge: RestartableBridge, task_app: Celery
+) -> None:
+    watcher = browser.new_context()
+    watcher.set_default_timeout(TIMEOUT_MS)
+    watching = watcher.new_page()
+    try:
+        page.goto(page_url(secured_bridge, token=token("monitor", "cancel")))
+        watching.goto(page_url(secured_bridge, token=token("monitor")))
+        for each in (page, watching):
+            wait_state(each, "#connection[data-state=open]")
+        result = task_app.send_task("demo.generate_code", kwargs={"lines": 15, "delay": 0.12})
+        row = row_of(result.id)
+        for each in (page, watching):
+            wait_state(each, f"{row}[data-status=processing]")
+        expect(page.locator(f"{row} [data-testid=operation-cancel]")).to_be_visible()
+        expect(watching.locator(f"{row} [data-testid=operation-cancel]")).to_be_hidden()
+        screenshot(page, "dashboard-token-cancel.png")
+        page.locator(f"{row} .op-link").click()
+        expect(page.get_by_test_id("detail-cancel")).to_be_visible()
+        screenshot(page, "dashboard-token-cancel-detail.png")
+        wait_state(page, f"{row}[data-status=completed]")
+        expect(page.locator(f"{row} [data-testid=operation-cancel]")).to_be_hidden()
+        expect(page.get_by_test_id("detail-cancel")).to_be_hidden()
+    finally:
+        watcher.close()
+
+
+def test_clicking_cancel_revokes_the_running_task(
+    page: Page, secured_bridge: RestartableBridge, task_app: Celery, store: EventStore
+) -> None:
+    operator = token("monitor", "cancel")
+    page.goto(page_url(secured_bridge, token=operator))
+    wait_state(page, "#connection[data-state=open]")
+    result = task_app.send_task("demo.generate_code", kwargs={"lines": 150, "delay": 0.1})
+    row = row_of(result.id)
+    wait_state(page, f"{row}[data-status=processing]:not([data-progress='0'])")
+    page.locator(f"{row} [data-testid=operation-cancel]").click()
+    wait_state(page, f"{row}[data-status=revoked]")
+    expect(page.locator(f"{row} [data-testid=operation-cancel]")).to_be_hidden()
+    expect(page.get_by_test_id("toast")).to_be_hidden()
+    assert float(page.get_attribute(row, "data-progress") or 0) < 1
+    screenshot(page, "dashboard-token-cancelled.png")
+    last = events_of(store, result.id)[-1]
+    assert (last["event_type"], last["data"]["status"]) == ("error", "revoked")

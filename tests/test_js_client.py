@@ -1,10 +1,12 @@
 """The JS client, bridge/static/taskcast.js, run by Node.
 
-Its pure logic (backoff, close codes, seq ledger, resume) needs no server. Its
-reconnect-and-resume behaviour is tested against a real bridge and Redis: the
-Node test calls this file's control server to store events, to kill, stop
-and restart the bridge, and to stop and start the bridge's own Redis
-(tests/js/taskcast_client.test.mjs lists the endpoints).
+Its pure logic (backoff, close codes, seq ledger, resume, token claims) needs
+no server. Its reconnect-and-resume behaviour is tested against a real bridge
+and Redis: the Node test calls this file's control server to store events, to
+kill, stop and restart the bridge, and to stop and start the bridge's own Redis
+(tests/js/taskcast_client.test.mjs lists the endpoints). Its token handling
+(PROTOCOL.md "Access control") is tested against a bridge that requires
+tokens, which the control server mints (tests/js/taskcast_auth.test.mjs).
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import redis
 from bridge_helpers import RestartableBridge
 from helpers import ROOT_DIR, TESTS_DIR, worker_env
 
+from taskcast import mint_token
 from taskcast.embedded_redis import EmbeddedRedis
 from taskcast.events import Event, log_data
 from taskcast.store import EventStore
@@ -34,6 +39,7 @@ from taskcast.worker_config.settings import Settings
 
 NODE = shutil.which("node")
 JS_TESTS = TESTS_DIR / "js"
+SECRET = "js-test-secret-" + "s" * 32
 
 
 def run_node_tests(test_file: Path, env: dict[str, str] | None = None) -> None:
@@ -85,10 +91,35 @@ def private_bridge(
     bridge.stop(signal.SIGKILL)
 
 
-class ControlServer(ThreadingHTTPServer):
-    """The Node test's handle on the world: store events, stop/kill/start the bridge and Redis."""
+@pytest.fixture
+def secured_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
+    """``taskcast serve`` on the session's Redis that requires tokens signed with SECRET."""
+    bridge = RestartableBridge(
+        worker_env(replace(task_settings, prefix=prefix, auth_secret=SECRET))
+    )
+    bridge.start()
+    yield bridge
+    bridge.stop(signal.SIGKILL)
 
-    def __init__(self, store: EventStore, bridge: RestartableBridge, server: EmbeddedRedis) -> None:
+
+def token_for_node(
+    ops: list[str] | str, scopes: list[str] | None = None, ttl: float = 60, kind: str = "valid"
+) -> dict[str, str]:
+    """A token for the Node test: ``valid``, ``forged`` (another key) or ``expired``."""
+    if kind == "expired":
+        claims = {"exp": int(time.time()) - 5, "ops": [ops] if isinstance(ops, str) else ops}
+        return {"token": jwt.encode(claims, SECRET, "HS256")}
+    secret = SECRET if kind == "valid" else "another-key-" + "k" * 32
+    return {"token": mint_token(ops, scopes=scopes or ["read"], ttl=ttl, secret=secret)}
+
+
+class ControlServer(ThreadingHTTPServer):
+    """The Node test's handle on the world: store events, stop/kill/start the bridge and Redis,
+    mint tokens."""
+
+    def __init__(
+        self, store: EventStore, bridge: RestartableBridge, server: EmbeddedRedis | None = None
+    ) -> None:
         super().__init__(("127.0.0.1", 0), ControlHandler)
         self.routes: dict[str, Callable[..., Any]] = {
             "/emit": lambda operation_id, count, terminal=False: {
@@ -97,9 +128,11 @@ class ControlServer(ThreadingHTTPServer):
             "/bridge/stop": lambda: bridge.stop(signal.SIGTERM),
             "/bridge/kill": lambda: bridge.stop(signal.SIGKILL),
             "/bridge/start": bridge.start,
-            "/redis/stop": lambda: self.stop_redis(store, server),
-            "/redis/start": lambda: {"port": server.start().port},
+            "/token": token_for_node,
         }
+        if server is not None:
+            self.routes["/redis/stop"] = lambda: self.stop_redis(store, server)
+            self.routes["/redis/start"] = lambda: {"port": server.start().port}
 
     @property
     def url(self) -> str:
@@ -144,11 +177,8 @@ class ControlHandler(BaseHTTPRequestHandler):
         """Quiet: the Node test reports what went wrong."""
 
 
-def test_js_client_reconnects_and_resumes_against_real_bridge(
-    private_bridge: RestartableBridge, private_store: EventStore, private_redis: EmbeddedRedis
-) -> None:
-    bridge = private_bridge
-    control = ControlServer(private_store, bridge, private_redis)
+def run_against(control: ControlServer, bridge: RestartableBridge, test_file: Path) -> None:
+    """Run a Node test file with ``control`` serving it and ``bridge``'s URL in its environment."""
     threading.Thread(target=control.serve_forever, daemon=True).start()
     try:
         env = dict(
@@ -156,7 +186,22 @@ def test_js_client_reconnects_and_resumes_against_real_bridge(
             TASKCAST_WS_URL=f"ws://127.0.0.1:{bridge.port}/ws",
             TASKCAST_CONTROL_URL=control.url,
         )
-        run_node_tests(JS_TESTS / "taskcast_client.test.mjs", env)
+        run_node_tests(test_file, env)
     finally:
         control.shutdown()
         control.server_close()
+
+
+def test_js_client_reconnects_and_resumes_against_real_bridge(
+    private_bridge: RestartableBridge, private_store: EventStore, private_redis: EmbeddedRedis
+) -> None:
+    control = ControlServer(private_store, private_bridge, private_redis)
+    run_against(control, private_bridge, JS_TESTS / "taskcast_client.test.mjs")
+
+
+def test_js_client_tokens_against_a_bridge_that_requires_them(
+    secured_bridge: RestartableBridge, store: EventStore
+) -> None:
+    run_against(
+        ControlServer(store, secured_bridge), secured_bridge, JS_TESTS / "taskcast_auth.test.mjs"
+    )

@@ -1,6 +1,11 @@
 // The taskcast dashboard: a live list of operations, one operation's event log, server stats.
 // Model updates happen as events arrive; the DOM is redrawn at most once per animation frame.
-import { TaskcastClient } from '/static/taskcast.js';
+//
+// On a bridge that requires tokens it uses one with the monitor scope (and cancel, for the Cancel
+// buttons): from the address's fragment (`/#token=...`, removed from the address bar once read) or
+// pasted into the page, kept in this tab's sessionStorage. Without one, or when the bridge refuses
+// or expires it, the page says so and asks for one instead of showing an empty list.
+import { TaskcastClient, tokenClaims } from '/static/taskcast.js';
 
 const KNOWN_STATUSES = new Set(['queued', 'running', 'retrying', 'completed', 'failed', 'revoked', 'lost']);
 const FINISHED_STATUSES = new Set(['completed', 'failed', 'revoked', 'lost']);
@@ -10,6 +15,9 @@ const MAX_ROWS = 300;
 const MAX_LOG_ENTRIES = 2000;
 const STATS_INTERVAL_MS = 5000;
 const QUIET_ERRORS = new Set(['not_connected', 'connection_closed', 'disconnected', 'unsubscribed']);
+const TOKEN_KEY = 'taskcast.token';
+const CLOSE_POLICY = 1008;
+const CLOSE_TOKEN_EXPIRED = 4401;
 
 const $ = (id) => document.getElementById(id);
 const list = $('operations');
@@ -22,7 +30,7 @@ const dateFormat = new Intl.DateTimeFormat(undefined, {
   month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
 });
 
-const client = new TaskcastClient();
+const client = new TaskcastClient(undefined, { token: takeToken() });
 /** operation id -> {model, row}; model has the snapshot fields of PROTOCOL.md. */
 const operations = new Map();
 /** The followed operation: its id and the seqs already in the log. */
@@ -31,6 +39,10 @@ let filter = 'all';
 let clockOffset = 0;
 let reconnectAt = 0;
 let lastCloseCode = null;
+/** Why the page cannot show operations (a key of ACCESS), or null. */
+let access = null;
+/** Operations whose Cancel was clicked, until they finish or the bridge refuses. */
+const cancelling = new Set();
 const dirty = new Set();
 let frameRequested = false;
 
@@ -56,12 +68,17 @@ const percent = (progress) => Math.round(Math.min(1, Math.max(0, progress ?? 0))
 
 function reportError(error) {
   if (QUIET_ERRORS.has(error.code)) return;
+  if (accessRefused(error)) return;
+  showToast(error);
+}
+
+function showToast(error) {
   console.error(error);
   const toast = $('toast');
   toast.textContent = error.code ? `${error.code}: ${error.message}` : String(error.message ?? error);
   toast.hidden = false;
-  clearTimeout(reportError.timer);
-  reportError.timer = setTimeout(() => { toast.hidden = true; }, 6000);
+  clearTimeout(showToast.timer);
+  showToast.timer = setTimeout(() => { toast.hidden = true; }, 6000);
 }
 
 // ---- model ----------------------------------------------------------------
@@ -78,6 +95,7 @@ function entryFor(operationId, firstSeen) {
       click.preventDefault();
       navigate(operationId);
     });
+    row.querySelector('.op-cancel').addEventListener('click', () => cancelOperation(operationId));
     entry = { model: { operation_id: operationId, last_seq: 0 }, row, firstSeen };
     operations.set(operationId, entry);
     place(entry);
@@ -196,6 +214,7 @@ function renderRow({ model, row }) {
   row.querySelector('.percent').textContent = `${setBar(row.querySelector('.bar'), model.progress)}%`;
   row.querySelector('.op-message').textContent = summary(model);
   row.querySelector('.op-elapsed').textContent = formatDuration(elapsed(model));
+  renderCancel(row.querySelector('.op-cancel'), model);
   row.hidden = !matchesFilter(model);
   if (model.operation_id === detail?.id) row.setAttribute('aria-current', 'true');
   else row.removeAttribute('aria-current');
@@ -247,7 +266,33 @@ function renderDetail() {
   $('detail-elapsed').textContent = formatDuration(elapsed(model));
   $('detail-worker').textContent = model.worker ?? '–';
   $('detail-events').textContent = model.event_count ?? '–';
+  renderCancel($('detail-cancel'), model);
   renderOutcome(model);
+}
+
+/** Shown for an operation that has not finished, when the token allows cancelling it (an open bridge does). */
+function renderCancel(button, model) {
+  if (isFinished(model)) cancelling.delete(model.operation_id);
+  const allowed = client.allows('cancel', model.operation_id) || (model.parent_id != null && client.allows('cancel', model.parent_id));
+  button.hidden = !model.status || isFinished(model) || !allowed;
+  const pending = cancelling.has(model.operation_id);
+  button.disabled = pending;
+  button.dataset.pending = String(pending);
+  const label = button.id === 'detail-cancel' ? 'Cancel task' : 'Cancel';
+  button.textContent = pending ? 'Cancelling…' : label;
+  button.title = `Revoke the Celery task ${model.operation_id}`;
+}
+
+function cancelOperation(operationId) {
+  if (cancelling.has(operationId)) return;
+  cancelling.add(operationId);
+  invalidate(operationId);
+  client.cancel(operationId).catch((error) => {
+    cancelling.delete(operationId);
+    invalidate(operationId);
+    if (error.code === 'forbidden') showToast(error);
+    else reportError(error);
+  });
 }
 
 function renderOutcome(model) {
@@ -356,6 +401,10 @@ async function follow(operationId) {
       showLogNotice('Older events of this operation have expired; the log starts at the oldest one still stored.');
     }
   } catch (error) {
+    if (error.code === 'forbidden' && detail?.id === operationId) {
+      showLogNotice('Your access token does not allow reading this operation.');
+      return;
+    }
     reportError(error);
   }
 }
@@ -375,11 +424,16 @@ function closeDetail() {
 
 // ---- server queries -------------------------------------------------------
 
+/** Listing, monitoring and statistics need the monitor scope (an open bridge grants every scope). */
+const monitorAllowed = client.allows('monitor');
+
 function refreshList() {
+  if (!monitorAllowed) return;
   client.listOperations({ limit: LIST_LIMIT }).then((snapshots) => snapshots.forEach(applySnapshot), reportError);
 }
 
 function refreshStats() {
+  if (!monitorAllowed) return;
   client.getStats().then((stats) => {
     for (const element of document.querySelectorAll('[data-stat]')) {
       const value = stats[element.dataset.stat];
@@ -406,6 +460,140 @@ function storedMonitor() {
   }
 }
 
+// ---- access tokens ----------------------------------------------------------
+
+/** The token from the address's fragment (then removed from the address bar) or from this tab's storage. */
+function takeToken() {
+  const fromLink = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (fromLink) {
+    history.replaceState(history.state, '', location.pathname + location.search);
+    try {
+      sessionStorage.setItem(TOKEN_KEY, fromLink);
+    } catch {
+      // Without storage the token lasts for this page only.
+    }
+    return fromLink;
+  }
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+/** Starts over with `token` (null: none): through the fragment, which works without storage too. */
+function useToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // The fragment below carries it.
+  }
+  history.replaceState(history.state, '', `${location.pathname}${location.search}${token ? `#token=${token}` : ''}`);
+  location.reload();
+}
+
+const scopeList = () => (client.scopes?.length ? client.scopes.join(', ') : 'none');
+const expiryTime = () => (client.expiresAt ? dateFormat.format(client.expiresAt * 1000) : 'an unknown time');
+
+/** What the page says for each reason it cannot show operations; `locks` hides the list and the stats. */
+const ACCESS = {
+  required: {
+    locks: true,
+    title: 'This bridge requires an access token',
+    message: () => 'The dashboard has no token, so the bridge refuses to list or stream operations. '
+      + 'Paste a token with the monitor scope below, or open the dashboard with a link that carries one.',
+  },
+  refused: {
+    locks: true,
+    title: 'The bridge refused the access token',
+    message: (why) => `The token this page has is not valid for this bridge${why ? ` (${why})` : ''}. `
+      + 'Paste a valid token with the monitor scope.',
+  },
+  expired: {
+    locks: true,
+    title: 'The access token has expired',
+    message: () => `It expired at ${expiryTime()}, and the bridge closed the connection. `
+      + 'Paste a fresh token to continue.',
+  },
+  forbidden: {
+    locks: false,
+    title: 'This token cannot watch all operations',
+    message: () => `It allows ${scopeList()}, but the operation list, live monitoring and the statistics need `
+      + 'the monitor scope. You can still follow an operation the token names by its id, or paste a token '
+      + 'with the monitor scope.',
+  },
+  change: {
+    locks: false,
+    title: 'Use another access token',
+    message: () => `The current token allows ${scopeList()} and expires at ${expiryTime()}.`,
+  },
+};
+
+function showAccess(reason, why = '') {
+  if (access && ACCESS[access].locks && !ACCESS[reason].locks) return;
+  access = reason;
+  const { locks, title, message } = ACCESS[reason];
+  const panel = $('access-panel');
+  panel.dataset.reason = reason;
+  panel.hidden = false;
+  $('access-title').textContent = title;
+  $('access-message').textContent = message(why);
+  $('token-forget').hidden = !client.token;
+  $('access-close').hidden = locks;
+  document.body.classList.toggle('locked', locks);
+  if (locks && document.activeElement === document.body) $('token-input').focus();
+}
+
+function hideAccess() {
+  access = null;
+  $('access-panel').hidden = true;
+  $('token-error').hidden = true;
+  document.body.classList.remove('locked');
+}
+
+/** Shows the access panel for a refusal that is about the token; whether it was one. */
+function accessRefused(error) {
+  if (error.code === 'unauthorized') showAccess(client.token ? 'refused' : 'required', error.message);
+  else if (error.code === 'forbidden') showAccess('forbidden');
+  else if (error.code === 'token_expired') showAccess('expired');
+  else if (error.closeCode === CLOSE_POLICY) showAccess(client.token ? 'refused' : 'required', error.reason);
+  else return false;
+  return true;
+}
+
+function onClosed({ code, reason, reconnect }) {
+  lastCloseCode = code;
+  if (reconnect) return;
+  if (code === CLOSE_TOKEN_EXPIRED) showAccess('expired');
+  else if (code === CLOSE_POLICY) showAccess(client.token ? 'refused' : 'required', reason);
+}
+
+function submitToken(submit) {
+  submit.preventDefault();
+  const input = $('token-input');
+  const value = input.value.trim();
+  // A whole link pasted in works too.
+  const token = value.includes('#token=') ? new URLSearchParams(value.split('#')[1]).get('token') : value;
+  if (!tokenClaims(token)) {
+    $('token-error').textContent = 'That is not a token: a JWT is three base64url parts separated by dots.';
+    $('token-error').hidden = false;
+    input.focus();
+    return;
+  }
+  useToken(token);
+}
+
+function renderAccess() {
+  const shown = client.token !== null;
+  $('access').hidden = !shown;
+  if (!shown) return;
+  $('access-scopes').textContent = scopeList();
+  const left = client.expiresAt === null ? null : client.expiresAt - serverNow();
+  $('access-expiry').textContent = left === null ? '' : left > 0 ? `expires in ${formatDuration(left)}` : 'expired';
+  $('access').dataset.expiring = String(left !== null && left < 60);
+}
+
 // ---- connection indicator ------------------------------------------------
 
 function renderConnection() {
@@ -429,6 +617,7 @@ function tick() {
   }
   if (detail) $('detail-elapsed').textContent = formatDuration(elapsed(operations.get(detail.id)?.model ?? {}));
   if (client.state === 'reconnecting') renderConnection();
+  renderAccess();
 }
 
 // ---- wiring ---------------------------------------------------------------
@@ -436,13 +625,19 @@ function tick() {
 client.on('*', applyEvent);
 client.on('state', renderConnection);
 client.on('reconnecting', ({ delay }) => { reconnectAt = Date.now() + delay; });
-client.on('close', ({ code }) => { lastCloseCode = code; });
+client.on('close', onClosed);
 client.on('open', () => { refreshList(); refreshStats(); });
 client.on('resume_failed', reportError);
+client.on('token_error', reportError);
 
 $('reconnect').addEventListener('click', () => client.connect().catch(reportError));
 monitorToggle.addEventListener('change', () => setMonitor(monitorToggle.checked));
 $('detail-close').addEventListener('click', () => navigate(null));
+$('detail-cancel').addEventListener('click', () => detail && cancelOperation(detail.id));
+$('token-form').addEventListener('submit', submitToken);
+$('token-forget').addEventListener('click', () => useToken(null));
+$('token-change').addEventListener('click', () => showAccess('change'));
+$('access-close').addEventListener('click', hideAccess);
 $('open-form').addEventListener('submit', (submit) => {
   submit.preventDefault();
   const operationId = $('open-id').value.trim();
@@ -459,10 +654,13 @@ for (const button of document.querySelectorAll('[data-filter]')) {
 }
 window.addEventListener('popstate', showFromLocation);
 
-monitorToggle.checked = storedMonitor();
+monitorToggle.checked = monitorAllowed && storedMonitor();
+monitorToggle.disabled = !monitorAllowed;
 if (monitorToggle.checked) client.subscribeAll().catch(reportError);
+if (!monitorAllowed) showAccess('forbidden');
 showFromLocation();
 renderCounts();
+renderAccess();
 setInterval(tick, 1000);
 setInterval(() => { if (client.state === 'open') refreshStats(); }, STATS_INTERVAL_MS);
 setInterval(() => { if (client.state === 'open' && !monitorToggle.checked) refreshList(); }, STATS_INTERVAL_MS);

@@ -8,12 +8,23 @@
  * from the last `seq` it delivered, so an operation's events reach listeners
  * once each, in order.
  *
+ * On a bridge that requires tokens (PROTOCOL.md "Access control") give it a
+ * `token`, or a `getToken` function: then it renews the token before it
+ * expires (an `auth` command on the same connection), and if the bridge
+ * closes with 4401 (token expired) it fetches a fresh one and reconnects,
+ * resuming as after any other loss.
+ *
  * @example
  * import { TaskcastClient } from '/taskcast.js';
  * const client = new TaskcastClient();
  * client.on('progress', (event) => console.log(event.operation_id, event.data.progress));
  * await client.connect();
  * await client.subscribe(taskId);
+ *
+ * @example
+ * // A page whose server mints short tokens for its user:
+ * const getToken = () => fetch('/my-app/taskcast-token').then((r) => r.text());
+ * const client = new TaskcastClient('wss://bridge.example/ws', { getToken });
  *
  * @module taskcast
  */
@@ -46,10 +57,23 @@ const TERMINAL_EVENTS = new Set(['completed', 'error']);
 /** Close codes after which a reconnect can succeed: going away, transient server trouble, abnormal loss. */
 const RECONNECT_CODES = new Set([1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 
+/** The bridge refused the connection (bad token, no token in time, origin): never reconnect. */
+export const CLOSE_POLICY = 1008;
+
+/** The connection's token expired: reconnect only with a fresh token. */
+export const CLOSE_TOKEN_EXPIRED = 4401;
+
+/** Scopes a token without a `scopes` claim has (PROTOCOL.md "Access control"). */
+const DEFAULT_SCOPES = ['read'];
+
+/** setTimeout's largest delay: a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
  * Whether a connection closed with `code` should be re-established.
  * Reconnects after 1000, 1001, 1005, 1006, 1011-1014 and the 4000-4499
- * range (e.g. 4008 slow consumer, 4401 token expired); gives up after
+ * range (e.g. 4008 slow consumer, 4401 token expired: the client reconnects
+ * after 4401 only when it can fetch a fresh token); gives up after
  * everything else, notably 1008 (refused), 1009 (frame too large) and
  * 4500-4999, where retrying would fail the same way.
  * @param {number} code WebSocket close code.
@@ -79,6 +103,56 @@ export function backoffDelay(attempt, { baseMs = 500, capMs = 30000 } = {}, rand
 export function defaultUrl(location = globalThis.location) {
   if (!location) throw new Error('TaskcastClient needs a url when not running in a page');
   return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws`;
+}
+
+/**
+ * The claims of a JWT, read from its payload (base64url JSON) without
+ * verifying anything: the bridge verifies, the client only reads `exp`,
+ * `scopes` and `ops` to plan renewals and to tell a page what it may offer.
+ * @param {string} token
+ * @returns {object|null} The claims; null when the token is not a readable JWT.
+ */
+export function tokenClaims(token) {
+  const payload = typeof token === 'string' ? token.split('.')[1] : undefined;
+  if (!payload) return null;
+  try {
+    const base64 = payload.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(payload.length / 4) * 4, '=');
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))));
+    return claims !== null && typeof claims === 'object' && !Array.isArray(claims) ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * When to renew a token that expires at `expiresAt`: once about four fifths
+ * of its remaining lifetime have passed, but not earlier than 30 s before
+ * it expires (a 5-minute token is renewed 30 s before its end, a 10-second
+ * one after 8 s).
+ * @param {number} expiresAt The `exp` claim, seconds since the epoch.
+ * @param {number} now The (server's) time now, seconds since the epoch.
+ * @returns {number} Delay in milliseconds, 0 when it is due already.
+ */
+export function refreshDelay(expiresAt, now) {
+  const remaining = expiresAt - now;
+  return Math.max(0, remaining * 0.8, remaining - 30) * 1000;
+}
+
+/**
+ * The WebSocket URL carrying `token` as its `token` query parameter.
+ * @param {string} url
+ * @param {string|null} [token]
+ * @returns {string} `url` itself without a token, or when it is not a URL (the WebSocket will say so).
+ */
+export function urlWithToken(url, token) {
+  if (!token) return url;
+  try {
+    const withToken = new URL(url);
+    withToken.searchParams.set('token', token);
+    return withToken.href;
+  } catch {
+    return url;
+  }
 }
 
 /**
@@ -162,7 +236,8 @@ function codedError(code, message) {
  *
  * Listen with {@link TaskcastClient#on}: to an event type (`progress`,
  * `status`, ...), to `'*'` for every server event, or to a connection event:
- * `'state'` (the new {@link TaskcastClient#state}), `'open'`, `'close'`
+ * `'state'` (the new {@link TaskcastClient#state}), `'open'` (the bridge
+ * accepted the connection: its `connected` frame arrived), `'close'`
  * (`{code, reason, reconnect}`), `'reconnecting'` (`{attempt, delay, code}`),
  * `'resumed'` (the server's `subscribed` reply to a subscription re-sent after
  * a reconnect: `replayed` counts the missed events that follow, `recovered`
@@ -177,24 +252,65 @@ function codedError(code, message) {
  * therefore only delays events, none is lost or delivered twice.
  *
  * Commands return promises for the server's reply. They reject with an Error
- * whose `code` is the server's error code (`not_found`, `bad_request`, ...),
- * or `not_connected` when no connection is open, `connection_closed` when it
- * closes before the reply (`closeCode` tells why), `disconnected` after
- * {@link TaskcastClient#disconnect}.
+ * whose `code` is the server's error code (`not_found`, `bad_request`,
+ * `unauthorized`, `forbidden`, ...), or `not_connected` when no connection is
+ * open, `connection_closed` when it closes before the reply (`closeCode`
+ * tells why), `disconnected` after {@link TaskcastClient#disconnect}.
+ *
+ * Tokens: the connection carries the current token in its URL. With
+ * `getToken`, the client renews it before it expires (see
+ * {@link refreshDelay}) with an `auth` command, keeping the connection, and
+ * after a close with 4401 it calls `getToken` and reconnects. Without
+ * `getToken`, 4401 ends the client like 1008 does: connect() rejects with
+ * code `token_expired`, and `'token_error'` reports the same Error. Two more
+ * connection events: `'token'` (`{scopes, expiresAt, operations}`, a new
+ * token is in use) and `'token_error'` (an Error: `token_expired`, or
+ * `get_token_failed` when `getToken` threw, or the bridge's `unauthorized`
+ * when it refused a renewed token). {@link TaskcastClient#scopes} and
+ * {@link TaskcastClient#allows} tell what the current token allows.
  */
 export class TaskcastClient {
   /**
    * @param {string} [url] WebSocket URL of the bridge; defaults to `/ws` on the page's host.
-   * @param {{backoff?: {baseMs?: number, capMs?: number}}} [options] Reconnect backoff (default 500 ms doubling up to 30 s).
+   * @param {object} [options]
+   * @param {{baseMs?: number, capMs?: number}} [options.backoff] Reconnect backoff (default 500 ms doubling up to 30 s).
+   * @param {string} [options.token] A token (JWT) for a bridge that requires one.
+   * @param {() => string|Promise<string>} [options.getToken] Returns a fresh token: called before connecting without
+   *   `token`, before the current token expires, and after the bridge closed with 4401.
+   * @param {boolean} [options.refresh] With `getToken`: renew before expiry on the open connection (default true);
+   *   false waits for the bridge's 4401 and reconnects with a fresh token instead.
    */
-  constructor(url = defaultUrl(), { backoff } = {}) {
+  constructor(url = defaultUrl(), { backoff, token, getToken, refresh = true } = {}) {
     /** @type {string} */
     this.url = url;
     /** @type {{baseMs?: number, capMs?: number}} */
     this.backoff = { ...backoff };
     /** @type {'closed'|'connecting'|'open'|'reconnecting'} */
     this.state = 'closed';
+    if (getToken !== undefined && typeof getToken !== 'function') throw new TypeError('getToken must be a function');
+    this.#getToken = getToken ?? null;
+    this.#refresh = Boolean(refresh);
+    this.#useToken(token ?? null);
   }
+
+  /** @type {string|null} The token the connection uses (null: none). */
+  token = null;
+  /** @type {string[]|null} The current token's scopes (`read`, `monitor`, `cancel`); null without a token. */
+  scopes = null;
+  /** @type {string[]|null} The operations the current token names (`ops`, `["*"]` for all); null without a token. */
+  operations = null;
+  /** @type {number|null} When the current token expires (`exp`, seconds since the epoch); null if unknown. */
+  expiresAt = null;
+
+  #getToken = null;
+  #refresh = true;
+  #refreshTimer = null;
+  /** The bridge said the token expired (4401): fetch a fresh one before reconnecting. */
+  #tokenStale = false;
+  /** Server clock minus ours, in seconds, from the `connected` frame: token expiry is the server's clock. */
+  #clockOffset = 0;
+  /** Bumped by disconnect(): a token fetch that resolves after it must not open a connection. */
+  #generation = 0;
 
   #ws = null;
   #wanted = false;
@@ -236,7 +352,9 @@ export class TaskcastClient {
    */
   disconnect() {
     this.#wanted = false;
+    this.#generation++;
     clearTimeout(this.#timer);
+    clearTimeout(this.#refreshTimer);
     this.#cancelRetries();
     this.#ws?.close(1000);
     this.#ws = null;
@@ -331,6 +449,53 @@ export class TaskcastClient {
   }
 
   /**
+   * Asks the bridge to cancel an operation (revoke its Celery task); the
+   * operation then ends with an `error` event whose `data.status` is
+   * `revoked`. Needs a token with the `cancel` scope for that operation.
+   * @param {string} operationId
+   * @param {{terminate?: boolean}} [options] `terminate`: also stop a task that is already running (default false).
+   * @returns {Promise<object>} The `cancelling` reply; rejects with `forbidden`, `not_found`, ...
+   */
+  cancel(operationId, { terminate = false } = {}) {
+    return this.#request({ command: 'cancel', operation_id: operationId, terminate: Boolean(terminate) });
+  }
+
+  /**
+   * Switches to another token: on an open connection with an `auth` command
+   * (the connection stays), otherwise for the next connection.
+   * @param {string} token
+   * @returns {Promise<object|undefined>} The `authenticated` reply (`expires_at`, `scopes`); undefined when not
+   *   connected. Rejects with `unauthorized` for a token the bridge refuses; the previous token stays in use.
+   */
+  async authenticate(token) {
+    if (this.state !== 'open') {
+      this.#useToken(token);
+      return undefined;
+    }
+    const reply = await this.#request({ command: 'auth', token });
+    this.#useToken(token, reply);
+    this.#scheduleRefresh();
+    return reply;
+  }
+
+  /**
+   * Whether the current token allows `scope`, for `operationId` when given
+   * (`read`, `cancel`: the operations the token names; `monitor`: all). A
+   * client without a token answers true: an open bridge allows everything,
+   * and one that requires tokens answers `unauthorized`.
+   * @param {'read'|'monitor'|'cancel'} scope
+   * @param {string} [operationId]
+   * @returns {boolean}
+   */
+  allows(scope, operationId) {
+    if (this.scopes === null) return true;
+    if (scope === 'read' && this.scopes.includes('monitor')) return true;
+    if (!this.scopes.includes(scope)) return false;
+    if (scope === 'monitor' || operationId === undefined) return true;
+    return this.operations.includes('*') || this.operations.includes(operationId);
+  }
+
+  /**
    * @param {string} type An event type, `'*'`, or a connection event (`state`, `open`, `close`, `reconnecting`, `resumed`, `resume_failed`).
    * @param {(payload: any) => void} callback
    * @returns {() => void} A function that removes the listener.
@@ -349,11 +514,62 @@ export class TaskcastClient {
     this.#listeners.get(type)?.delete(callback);
   }
 
+  /** The token becomes the one in use; `reply` is the bridge's `authenticated` answer for it, if any. */
+  #useToken(token, reply) {
+    const claims = token ? tokenClaims(token) : null;
+    this.token = token || null;
+    this.scopes = !token ? null : [...(reply?.scopes ?? claims?.scopes ?? DEFAULT_SCOPES)];
+    this.operations = !token ? null : Array.isArray(claims?.ops) ? [...claims.ops] : [];
+    const expiresAt = reply?.expires_at ?? claims?.exp;
+    this.expiresAt = typeof expiresAt === 'number' ? expiresAt : null;
+    this.#tokenStale = false;
+  }
+
+  /** Whether to call getToken before dialling: no token yet, the bridge said it expired, or our clock does. */
+  #needsToken() {
+    if (!this.#getToken) return false;
+    if (!this.token || this.#tokenStale) return true;
+    return this.expiresAt !== null && this.expiresAt <= Date.now() / 1000 + this.#clockOffset + 1;
+  }
+
+  /** Calls getToken; resolves with the token, or rejects with code `get_token_failed`. */
+  async #fetchToken() {
+    try {
+      const token = await this.#getToken();
+      if (typeof token !== 'string' || !token) throw new TypeError(`getToken returned ${typeof token}, not a token`);
+      return token;
+    } catch (cause) {
+      throw Object.assign(codedError('get_token_failed', `getToken failed: ${cause?.message ?? cause}`), { cause });
+    }
+  }
+
   #open() {
     clearTimeout(this.#timer);
+    if (!this.#needsToken()) {
+      this.#dial();
+      return;
+    }
+    const generation = this.#generation;
+    this.#setState('connecting');
+    this.#fetchToken().then(
+      (token) => {
+        if (generation !== this.#generation || !this.#wanted) return;
+        this.#useToken(token);
+        this.#emitToken();
+        this.#dial();
+      },
+      (error) => {
+        if (generation !== this.#generation || !this.#wanted) return;
+        this.#emit('token_error', error);
+        this.#reconnectLater(0);
+      },
+    );
+  }
+
+  #dial() {
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(urlWithToken(this.url, this.token));
     } catch (error) {
       this.#wanted = false;
       this.#setState('closed');
@@ -361,8 +577,9 @@ export class TaskcastClient {
       return;
     }
     this.#ws = ws;
-    this.#setState('connecting');
-    ws.onopen = () => this.#ws === ws && this.#onOpen();
+    if (this.state !== 'connecting') this.#setState('connecting');
+    // Open is when the bridge has accepted the connection: its `connected` frame (see #deliver), which comes
+    // after the token check, so a token refused at connect rejects connect() instead of resolving it.
     ws.onmessage = (message) => this.#ws === ws && this.#onMessage(message.data);
     ws.onclose = (close) => this.#ws === ws && this.#onClose(close.code, close.reason);
     // Browsers follow an error with a close event; Node 20 reports a failed handshake with the error alone.
@@ -395,7 +612,12 @@ export class TaskcastClient {
   }
 
   #deliver(event) {
-    if (event.event_type === 'connected') this.#attempt = 0;
+    if (event.event_type === 'connected') {
+      this.#attempt = 0;
+      if (typeof event.timestamp === 'number') this.#clockOffset = event.timestamp - Date.now() / 1000;
+      if (this.state !== 'open') this.#onOpen();
+      this.#scheduleRefresh();
+    }
     if (!this.#ledger.accept(event)) return;
     this.#emit(event.event_type, event);
     this.#emit('*', event);
@@ -406,20 +628,70 @@ export class TaskcastClient {
 
   #onClose(code, reason) {
     this.#ws = null;
+    clearTimeout(this.#refreshTimer);
     this.#cancelRetries();
     this.#rejectPending(Object.assign(codedError('connection_closed', `connection closed (${code})`), { closeCode: code }));
-    const reconnect = this.#wanted && shouldReconnect(code);
+    const expired = code === CLOSE_TOKEN_EXPIRED;
+    if (expired) this.#tokenStale = true;
+    const reconnect = this.#wanted && shouldReconnect(code) && (!expired || this.#getToken !== null);
     this.#emit('close', { code, reason, reconnect });
     if (reconnect) {
-      const delay = backoffDelay(this.#attempt++, this.backoff);
-      this.#setState('reconnecting');
-      this.#emit('reconnecting', { attempt: this.#attempt, delay, code });
-      this.#timer = setTimeout(() => this.#open(), delay);
+      this.#reconnectLater(code);
       return;
     }
+    const wanted = this.#wanted;
     this.#wanted = false;
     this.#setState('closed');
-    this.#rejectWaiters(Object.assign(codedError('closed', `connection closed for good (${code})`), { closeCode: code }));
+    const error = expired
+      ? codedError('token_expired', 'the token expired (4401) and there is no getToken to renew it: connect with a fresh token')
+      : codedError('closed', `connection closed for good (${code}${reason ? `: ${reason}` : ''})`);
+    Object.assign(error, { closeCode: code, reason });
+    if (expired && wanted) this.#emit('token_error', error);
+    this.#rejectWaiters(error);
+  }
+
+  #reconnectLater(code) {
+    const delay = backoffDelay(this.#attempt++, this.backoff);
+    this.#setState('reconnecting');
+    this.#emit('reconnecting', { attempt: this.#attempt, delay, code });
+    this.#timer = setTimeout(() => this.#open(), delay);
+  }
+
+  /** With getToken, renews the token on this connection before the bridge closes it at expiry. */
+  #scheduleRefresh() {
+    clearTimeout(this.#refreshTimer);
+    if (!this.#getToken || !this.#refresh || this.expiresAt === null || this.state !== 'open') return;
+    const delay = refreshDelay(this.expiresAt, Date.now() / 1000 + this.#clockOffset);
+    const ws = this.#ws;
+    this.#refreshTimer = delay > MAX_TIMER_MS
+      ? setTimeout(() => this.#scheduleRefresh(), MAX_TIMER_MS)
+      : setTimeout(() => this.#renew(ws), delay);
+  }
+
+  /**
+   * A failed renewal is reported, not retried here: the bridge then closes
+   * with 4401 at expiry, and the reconnect calls getToken again.
+   */
+  async #renew(ws) {
+    const before = this.expiresAt;
+    try {
+      const token = await this.#fetchToken();
+      if (this.#ws !== ws || this.state !== 'open') return;
+      await this.authenticate(token);
+    } catch (error) {
+      if (error.code !== 'connection_closed' && error.code !== 'not_connected') this.#emit('token_error', error);
+      return;
+    }
+    this.#emitToken();
+    if (this.expiresAt !== null && this.expiresAt <= before) {
+      // Asking again would get the same token ever more often as it nears its end.
+      clearTimeout(this.#refreshTimer);
+      this.#emit('token_error', codedError('token_not_renewed', 'getToken returned a token that expires no later than the current one'));
+    }
+  }
+
+  #emitToken() {
+    this.#emit('token', { scopes: this.scopes, expiresAt: this.expiresAt, operations: this.operations });
   }
 
   /** Sends a subscription now if open; otherwise when the connection opens. */

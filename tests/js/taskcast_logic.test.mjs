@@ -7,10 +7,19 @@ import {
   TaskcastClient,
   backoffDelay,
   defaultUrl,
+  refreshDelay,
   resumeSince,
   shouldReconnect,
   subscribeCommand,
+  tokenClaims,
+  urlWithToken,
 } from '../../bridge/static/taskcast.js';
+
+/** An unsigned JWT with `claims` (the client never verifies; the bridge does). */
+const jwt = (claims) => ['{"alg":"HS256","typ":"JWT"}', JSON.stringify(claims)]
+  .map((part) => Buffer.from(part).toString('base64url'))
+  .concat('c2lnbmF0dXJl')
+  .join('.');
 
 const event = (operationId, seq, eventType = 'progress') => ({
   event_type: eventType,
@@ -182,5 +191,81 @@ describe('TaskcastClient without a connection', () => {
     client.on('state', listener)();
     await assert.rejects(client.connect());
     assert.deepEqual(seen, []);
+  });
+});
+
+describe('tokens', () => {
+  test('claims are read from the base64url payload, including - and _ and non-ASCII text', () => {
+    const claims = { exp: 1735734000, ops: ['a>b?', '*'], scopes: ['monitor', 'cancel'], sub: 'Zoë ~~~???' };
+    const token = jwt(claims);
+    assert.match(token.split('.')[1], /[-_]/, 'the payload uses the URL-safe alphabet');
+    assert.deepEqual(tokenClaims(token), claims);
+  });
+
+  test('anything that is not a readable JWT has no claims', () => {
+    for (const token of ['', 'not.a.jwt', 'abc', 'a.!!!.c', `x.${Buffer.from('[1]').toString('base64url')}.y`, null, 42]) {
+      assert.equal(tokenClaims(token), null, String(token));
+    }
+  });
+
+  test('renewal comes after four fifths of the remaining lifetime, at most 30 s before expiry', () => {
+    assert.equal(refreshDelay(1010, 1000), 8000);
+    assert.equal(refreshDelay(1300, 1000), 270000);
+    assert.equal(refreshDelay(1150, 1000), 120000);
+    assert.equal(refreshDelay(1000, 1000), 0);
+    assert.equal(refreshDelay(990, 1000), 0);
+  });
+
+  test('the token travels as the token query parameter, encoded', () => {
+    assert.equal(urlWithToken('ws://h:1/ws', 'a.b+c/d'), 'ws://h:1/ws?token=a.b%2Bc%2Fd');
+    assert.equal(urlWithToken('wss://h/ws?x=1&token=old', 't'), 'wss://h/ws?x=1&token=t');
+    assert.equal(urlWithToken('ws://h:1/ws', null), 'ws://h:1/ws');
+    assert.equal(urlWithToken('not a url', 't'), 'not a url');
+  });
+
+  test('a client tells what its token allows; without a token it leaves that to the bridge', () => {
+    const open = new TaskcastClient('ws://127.0.0.1:9/ws');
+    assert.equal(open.scopes, null);
+    assert.ok(open.allows('monitor') && open.allows('cancel', 'any'));
+
+    const reader = new TaskcastClient('ws://127.0.0.1:9/ws', { token: jwt({ exp: 2e9, ops: ['a'] }) });
+    assert.deepEqual(reader.scopes, ['read'], 'read is the default scope');
+    assert.deepEqual(reader.operations, ['a']);
+    assert.equal(reader.expiresAt, 2e9);
+    assert.ok(reader.allows('read', 'a') && !reader.allows('read', 'b'));
+    assert.ok(!reader.allows('monitor') && !reader.allows('cancel', 'a'));
+
+    const operator = new TaskcastClient('ws://127.0.0.1:9/ws', { token: jwt({ exp: 2e9, ops: ['*'], scopes: ['monitor', 'cancel'] }) });
+    assert.ok(operator.allows('monitor') && operator.allows('read', 'b') && operator.allows('cancel', 'b'));
+
+    const watcher = new TaskcastClient('ws://127.0.0.1:9/ws', { token: jwt({ exp: 2e9, ops: ['a'], scopes: ['monitor', 'cancel'] }) });
+    assert.ok(watcher.allows('read', 'b') && watcher.allows('cancel', 'a') && !watcher.allows('cancel', 'b'));
+  });
+
+  test('getToken must be a function; cancel needs a connection', async () => {
+    assert.throws(() => new TaskcastClient('ws://127.0.0.1:9/ws', { getToken: 'token' }), TypeError);
+    await assert.rejects(new TaskcastClient('ws://127.0.0.1:9/ws').cancel('op'), { code: 'not_connected' });
+  });
+
+  test('a getToken that fails is reported and retried with the backoff; disconnect stops it', async () => {
+    let calls = 0;
+    const client = new TaskcastClient('ws://127.0.0.1:9/ws', {
+      backoff: { baseMs: 1, capMs: 5 },
+      getToken: () => {
+        calls += 1;
+        throw new Error('signed out');
+      },
+    });
+    const errors = [];
+    client.on('token_error', (error) => errors.push(error));
+    const connecting = client.connect();
+    while (calls < 3) await new Promise((resolve) => setTimeout(resolve, 5));
+    client.disconnect();
+    await assert.rejects(connecting, { code: 'disconnected' });
+    assert.ok(errors.length >= 2 && errors.every((error) => error.code === 'get_token_failed'));
+    assert.match(errors[0].message, /signed out/);
+    const settled = calls;
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    assert.equal(calls, settled, 'no call after disconnect()');
   });
 });
