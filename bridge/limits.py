@@ -13,8 +13,8 @@ import time
 from collections import Counter
 from typing import Any
 
-FD_RESERVE_FRACTION = 0.1
-FD_RESERVE_MIN = 64
+FD_RESERVE_FRACTION = 0.2  # handshakes being refused hold descriptors too
+FD_RESERVE_MIN = 128
 
 
 class TokenBucket:

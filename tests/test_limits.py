@@ -27,6 +27,6 @@ def test_connection_caps_refuse_with_503_in_total_and_429_per_address() -> None:
 
 
 def test_default_connection_cap_keeps_a_reserve_of_descriptors() -> None:
-    assert default_max_connections(1024) == 1024 - 102
-    assert default_max_connections(20_000) == 18_000
-    assert default_max_connections(100) == 36  # at least 64 kept back
+    assert default_max_connections(1024) == 1024 - 204
+    assert default_max_connections(20_000) == 16_000
+    assert default_max_connections(100) == 1  # at least 128 kept back
