@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from taskcast.lazy import lazy_getattr
 
 if TYPE_CHECKING:
+    from taskcast.tasks.cancel import OperationCancelled
     from taskcast.tasks.current import ProgressRecorder, log, progress, status
     from taskcast.tasks.emitter import (
         AsyncEmitter,
@@ -45,6 +46,7 @@ _LAZY = {
     "StreamingMixin": ".emitter",
     "ws_manager": ".emitter",
     "ProgressTracker": ".tracker",
+    "OperationCancelled": ".cancel",
     "configure": ".runtime",
     "get_settings": ".runtime",
     "get_producer": ".runtime",
@@ -66,6 +68,7 @@ __all__ = [
     "StreamingMixin",
     "ws_manager",
     "ProgressTracker",
+    "OperationCancelled",
     "configure",
     "get_settings",
     "get_producer",
