@@ -55,6 +55,8 @@ from taskcast.store import EventStore
 from taskcast.tasks.producer import Producer
 from taskcast.worker_config import load_settings
 
+from .machine import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "attacks.json"
 PREFIX = "attack:"
@@ -98,15 +100,6 @@ ORIGINAL_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 # -- machine ---------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU model from /proc/cpuinfo (``platform.processor()`` is empty on Linux)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def git_head(root: Path) -> str:

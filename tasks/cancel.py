@@ -12,7 +12,10 @@ offers, without its base class or its result-backend requirement.
 
 from __future__ import annotations
 
-from taskcast.tasks.producer import ENDED
+# What the producer's emit returns when the store refused an event because its
+# operation has ended (here, not in the producer: importing ProgressTask must
+# not load the Redis client).
+ENDED = -1
 
 
 class OperationCancelled(Exception):

@@ -27,15 +27,13 @@ from redis.retry import Retry
 
 from taskcast.events import TERMINAL_EVENT_TYPES, Event, capped
 from taskcast.store import EventStore
+from taskcast.tasks.cancel import ENDED
 from taskcast.tasks.coalesce import Coalescer
 from taskcast.worker_config import Settings
 
 logger = logging.getLogger("taskcast.producer")
 
 BACKOFF_SECONDS = 1.0
-# What emit returns when the store refused the event because the operation has
-# ended (completed, failed, revoked: e.g. a client cancelled it).
-ENDED = -1
 LOG_EVERY_SECONDS = 10.0
 LOCK_STRIPES = 64
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 from bridge_helpers import RestartableBridge, WsClient, running_bridge
 from celery import Celery
-from helpers import TaskRun, WorkerProcess, events_of, wait_finished, worker_env
+from helpers import AUTH_SECRET, TaskRun, WorkerProcess, events_of, wait_finished, worker_env
 
 from taskcast import tasks
 from taskcast.bridge import Bridge
@@ -168,6 +168,17 @@ async def ws_client(bridge: Bridge) -> AsyncIterator[Callable[..., Awaitable[WsC
     yield open_client
     for client in opened:
         await client.close()
+
+
+@pytest.fixture
+def secured_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
+    """``taskcast serve`` on this test's store that requires tokens signed with AUTH_SECRET."""
+    bridge = RestartableBridge(
+        worker_env(replace(task_settings, prefix=prefix, auth_secret=AUTH_SECRET))
+    )
+    bridge.start()
+    yield bridge
+    bridge.stop(signal.SIGKILL)
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from taskcast.store import EventStore
 from taskcast.worker_config import Settings, to_environment
 
 T = TypeVar("T")
+# The key of the tests' secured bridges; tokens for them are minted with it.
+AUTH_SECRET = "taskcast-test-secret-" + "s" * 32
 TESTS_DIR = Path(__file__).resolve().parent
 ROOT_DIR = TESTS_DIR.parent
 

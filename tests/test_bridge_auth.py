@@ -20,7 +20,7 @@ import jwt
 import orjson
 import pytest
 from bridge_helpers import BridgeProcess, WsClient, running_bridge
-from helpers import worker_env
+from helpers import AUTH_SECRET, worker_env
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -31,31 +31,29 @@ from taskcast.events import Event, progress_data, status_data
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
-SECRET = "test-secret-" + "x" * 32
-
 
 @pytest.fixture
 async def secured(redis_url: str, prefix: str, store: EventStore) -> AsyncIterator[Bridge]:
     for op in ("op-a", "op-b"):
         store.append(Event("status", op, status_data("queued"), operation_type="t"))
-    async with running_bridge(redis_url, prefix, auth_secret=SECRET) as bridge:
+    async with running_bridge(redis_url, prefix, auth_secret=AUTH_SECRET) as bridge:
         yield bridge
 
 
 def token(ops: list[str] | str = "op-a", **kwargs: object) -> str:
-    return mint_token(ops, secret=SECRET, **kwargs)  # type: ignore[arg-type]
+    return mint_token(ops, secret=AUTH_SECRET, **kwargs)  # type: ignore[arg-type]
 
 
 HOSTILE = {
     "forged": lambda: mint_token("op-a", secret="another-key-" + "y" * 32),
     "alg none": lambda: jwt.encode({"exp": time.time() + 60, "ops": ["op-a"]}, None, "none"),
     "malformed": lambda: "not.a.jwt",
-    "no exp": lambda: jwt.encode({"ops": ["op-a"]}, SECRET, "HS256"),
+    "no exp": lambda: jwt.encode({"ops": ["op-a"]}, AUTH_SECRET, "HS256"),
 }
 
 
 def expired() -> str:
-    return jwt.encode({"exp": int(time.time()) - 5, "ops": ["op-a"]}, SECRET, "HS256")
+    return jwt.encode({"exp": int(time.time()) - 5, "ops": ["op-a"]}, AUTH_SECRET, "HS256")
 
 
 async def close_code(url: str) -> int | None:
@@ -253,7 +251,7 @@ def test_the_cli_takes_a_token_from_the_flag_or_the_environment(
 ) -> None:
     store.append(Event("status", "op-cli", status_data("queued")))
     store.append(Event("completed", "op-cli", {"status": "completed"}))
-    env = worker_env(replace(task_settings, prefix=prefix, auth_secret=SECRET))
+    env = worker_env(replace(task_settings, prefix=prefix, auth_secret=AUTH_SECRET))
     bridge = BridgeProcess("--port", "0", env=env)
     try:
         bridge.wait_listening()

@@ -21,7 +21,6 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import jwt
@@ -29,17 +28,15 @@ import pytest
 from bridge_helpers import RestartableBridge
 from browser_helpers import chromium
 from celery import Celery
-from helpers import ROOT_DIR, events_of, wait_finished, worker_env
+from helpers import AUTH_SECRET, ROOT_DIR, events_of, wait_finished
 from playwright.sync_api import Browser, Page, expect
 
 from taskcast import mint_token
 from taskcast.events import Event, status_data
 from taskcast.store import EventStore
-from taskcast.worker_config import Settings
 
 ARTIFACTS = ROOT_DIR / "test-artifacts"
 TIMEOUT_MS = 15_000
-SECRET = "dashboard-test-secret-" + "d" * 32
 
 RECORDER = """
 window.__seen = {progress: {}, states: [], logAdded: []};
@@ -81,19 +78,10 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-@pytest.fixture
-def secured_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
-    """``taskcast serve`` on this test's store that requires tokens signed with SECRET."""
-    bridge = RestartableBridge(
-        worker_env(replace(task_settings, prefix=prefix, auth_secret=SECRET))
-    )
-    bridge.start()
-    yield bridge
-    bridge.stop(signal.SIGKILL)
 
 
 def token(*scopes: str, ops: list[str] | str = "*", ttl: float = 300) -> str:
-    return mint_token(ops, scopes=scopes, ttl=ttl, secret=SECRET)
+    return mint_token(ops, scopes=scopes, ttl=ttl, secret=AUTH_SECRET)
 
 
 def page_url(
@@ -241,7 +229,7 @@ REFUSALS = {
     ),
     "expired": (
         lambda: jwt.encode(
-            {"exp": int(time.time()) - 5, "ops": ["*"], "scopes": ["monitor"]}, SECRET
+            {"exp": int(time.time()) - 5, "ops": ["*"], "scopes": ["monitor"]}, AUTH_SECRET
         ),
         "expired",
         "The access token has expired",

@@ -29,7 +29,7 @@ import jwt
 import pytest
 import redis
 from bridge_helpers import RestartableBridge
-from helpers import ROOT_DIR, TESTS_DIR, worker_env
+from helpers import AUTH_SECRET, ROOT_DIR, TESTS_DIR, worker_env
 
 from taskcast import mint_token
 from taskcast.embedded_redis import EmbeddedRedis
@@ -39,7 +39,6 @@ from taskcast.worker_config.settings import Settings
 
 NODE = shutil.which("node")
 JS_TESTS = TESTS_DIR / "js"
-SECRET = "js-test-secret-" + "s" * 32
 
 
 def run_node_tests(test_file: Path, env: dict[str, str] | None = None) -> None:
@@ -91,15 +90,6 @@ def private_bridge(
     bridge.stop(signal.SIGKILL)
 
 
-@pytest.fixture
-def secured_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
-    """``taskcast serve`` on the session's Redis that requires tokens signed with SECRET."""
-    bridge = RestartableBridge(
-        worker_env(replace(task_settings, prefix=prefix, auth_secret=SECRET))
-    )
-    bridge.start()
-    yield bridge
-    bridge.stop(signal.SIGKILL)
 
 
 def token_for_node(
@@ -108,8 +98,8 @@ def token_for_node(
     """A token for the Node test: ``valid``, ``forged`` (another key) or ``expired``."""
     if kind == "expired":
         claims = {"exp": int(time.time()) - 5, "ops": [ops] if isinstance(ops, str) else ops}
-        return {"token": jwt.encode(claims, SECRET, "HS256")}
-    secret = SECRET if kind == "valid" else "another-key-" + "k" * 32
+        return {"token": jwt.encode(claims, AUTH_SECRET, "HS256")}
+    secret = AUTH_SECRET if kind == "valid" else "another-key-" + "k" * 32
     return {"token": mint_token(ops, scopes=scopes or ["read"], ttl=ttl, secret=secret)}
 
 
