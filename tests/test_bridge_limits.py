@@ -112,8 +112,9 @@ async def test_commands_beyond_the_rate_are_refused_and_the_connection_lives(
             await client.wait_for(lambda f, n=n: f.get("request_id") == n) for n in range(30)
         ]
         statuses = [reply.get("code", reply.get("status")) for reply in replies]
-        assert statuses.count("pong") in range(10, 13)  # the burst, plus a refill or two
-        assert statuses.count("rate_limited") == 30 - statuses.count("pong")
+        pongs = statuses.count("pong")
+        assert 10 <= pongs <= 20  # the burst, plus what refilled while they arrived (5/s)
+        assert statuses.count("rate_limited") == 30 - pongs
 
         async def pong_again() -> bool:
             reply = await client.request("ping")

@@ -8,6 +8,7 @@ Celery side, web apps and the bridge agree without importing each other.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -42,7 +43,8 @@ def mint_token(
         raise ValueError(f"unknown scope(s) {unknown}; scopes are {', '.join(SCOPES)}")
     if ttl <= 0:
         raise ValueError("ttl must be positive")
-    claims: dict[str, object] = {"exp": int(time.time() + ttl), "ops": ops, "scopes": wanted}
+    # Rounded up: a token is valid for at least ``ttl`` seconds.
+    claims: dict[str, object] = {"exp": math.ceil(time.time() + ttl), "ops": ops, "scopes": wanted}
     if subject is not None:
         claims["sub"] = subject
     return jwt.encode(claims, key, algorithm=HS_ALGORITHM)
