@@ -232,7 +232,7 @@ async def test_the_python_client_renews_short_tokens_and_misses_no_event(
     minted: list[str] = []
 
     def get_token() -> str:
-        minted.append(token("op-live", ttl=1.5))
+        minted.append(token("op-live", ttl=1))
         return minted[-1]
 
     store.append(Event("status", "op-live", status_data("queued")))
@@ -241,7 +241,7 @@ async def test_the_python_client_renews_short_tokens_and_misses_no_event(
         seqs = [event["seq"] async for event in client.watch("op-live")]
         await emitting
     assert seqs == list(range(1, 43))  # queued, 40 progress, completed: no gap, no repeat
-    assert len(minted) >= 3  # the 4 s run outlived two tokens
+    assert len(minted) >= 3  # the 4 s run outlived at least two tokens (each 1-2 s)
     reconnected = secured.hub.stats.connections_total > 1
     assert reconnected is not refresh
 
