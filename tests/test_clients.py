@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -281,3 +281,43 @@ def test_cli_says_what_is_wrong_instead_of_hanging(
     assert wrong_scheme.returncode == 2
     assert wrong_scheme.stderr.strip().count("\n") == 0
     assert "ws://HOST:PORT/ws" in wrong_scheme.stderr
+
+
+async def test_several_watches_and_monitors_on_one_client_each_get_every_event_once(
+    bridge: Bridge, store: EventStore
+) -> None:
+    def emit(count: int, terminal: bool = False) -> None:
+        for i in range(count):
+            store.append(Event("status", "shared", status_data("processing", f"step {i}")))
+        if terminal:
+            store.append(Event("completed", "shared", {"status": "completed"}))
+
+    async def collect(iterator: AsyncIterator[dict], until: int) -> list[int]:
+        seqs = []
+        async for event in iterator:
+            seqs.append(event["seq"])
+            if event["seq"] == until:
+                break
+        return seqs
+
+    store.append(Event("status", "shared", status_data("queued")))
+    async with TaskcastClient(bridge.url) as client:
+        first_monitor = await client.monitor()
+        second_monitor = await client.monitor()
+        with pytest.raises(ValueError, match="operation_type"):
+            await client.monitor("other.type")
+        early = asyncio.create_task(collect(client.watch("shared"), 12))
+        await eventually(lambda: client.snapshot("shared") is not None)
+        emit(5)
+        later = asyncio.create_task(collect(client.watch("shared", since=3), 12))
+        from_start = asyncio.create_task(collect(client.watch("shared"), 12))
+        await eventually(lambda: len(client._subs["shared"].watchers) == 3)
+        emit(5, terminal=True)
+        monitors = [
+            asyncio.create_task(collect(monitor, 12)) for monitor in (first_monitor, second_monitor)
+        ]
+        assert await early == list(range(1, 13))
+        assert await later == list(range(4, 13))
+        assert await from_start == list(range(1, 13))
+        # Live events, plus seq 1 from a watch's replay on the same connection: once each.
+        assert await monitors[0] == await monitors[1] == list(range(1, 13))

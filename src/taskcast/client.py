@@ -15,6 +15,7 @@ import itertools
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -94,19 +95,76 @@ async def _next_event(queue: _Queue) -> dict[str, Any] | None:
     return item
 
 
-class _Subscription:
-    """Events of one operation waiting for their consumer, and where it has got to."""
+class _Watcher:
+    """One ``watch()`` iterator: its own queue and the last seq it was given.
 
-    def __init__(self) -> None:
+    It takes events only once the reply to a subscribe sent for it has arrived:
+    live events of the connection's older subscription may come first, and
+    taking them would make it drop the older events its own replay brings.
+    """
+
+    def __init__(self, since: int) -> None:
         self.queue: _Queue = asyncio.Queue()
-        self.last_seq = 0
-        self.snapshot: dict[str, Any] | None = None
+        self.last_seq = since
+        self.active = False
 
     def accept(self, event: dict[str, Any]) -> None:
         seq = event.get("seq", 0)
-        if seq > self.last_seq:
+        if self.active and seq > self.last_seq:
             self.last_seq = seq
             self.queue.put_nowait(event)
+
+
+class _Monitor:
+    """One ``monitor()`` iterator: its queue, and per operation the last seq it was given.
+
+    The connection also carries the replays of its watches; a monitor takes
+    each event of an operation once, whichever way it came.
+    """
+
+    REMEMBERED = 100_000  # operations whose last seq is kept (oldest forgotten first)
+
+    def __init__(self) -> None:
+        self.queue: _Queue = asyncio.Queue()
+        self.seen: OrderedDict[str, int] = OrderedDict()
+
+    def accept(self, event: dict[str, Any]) -> None:
+        operation_id, seq = event.get("operation_id", ""), event.get("seq", 0)
+        if seq <= self.seen.get(operation_id, 0):
+            return
+        self.seen[operation_id] = seq
+        self.seen.move_to_end(operation_id)
+        if len(self.seen) > self.REMEMBERED:
+            self.seen.popitem(last=False)
+        self.queue.put_nowait(event)
+
+
+class _Subscription:
+    """The connection's one subscription to an operation, shared by all its watchers.
+
+    The bridge holds one subscription per operation and connection, so watchers
+    that started at different seqs share it: it is (re)made from the lowest seq
+    any of them needs, and each watcher drops what it already had.
+    """
+
+    def __init__(self) -> None:
+        self.watchers: list[_Watcher] = []
+        self.snapshot: dict[str, Any] | None = None
+        # The bridge keeps only the latest subscribe of an operation, so subscribes
+        # go one at a time, each from the lowest seq wanted when it is sent.
+        self.lock = asyncio.Lock()
+
+    @property
+    def since(self) -> int:
+        return min((watcher.last_seq for watcher in self.watchers), default=0)
+
+    def accept(self, event: dict[str, Any]) -> None:
+        for watcher in self.watchers:
+            watcher.accept(event)
+
+    def end(self, item: BridgeUnavailable | None) -> None:
+        for watcher in self.watchers:
+            watcher.queue.put_nowait(item)
 
 
 class TaskcastClient:
@@ -137,10 +195,10 @@ class TaskcastClient:
         self.max_reconnect_time = max_reconnect_time
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], Callable | None]] = {}
         self._ids = itertools.count(1)
         self._subs: dict[str, _Subscription] = {}
-        self._monitor: _Queue | None = None
+        self._monitors: list[_Monitor] = []
         self._monitor_type: str | None = None
         self._closing = False
         self._connected = asyncio.Event()
@@ -170,10 +228,19 @@ class TaskcastClient:
 
     async def request(self, command: str, **fields: Any) -> dict[str, Any]:
         """Send one command and return its reply; error replies raise :class:`CommandError`."""
+        return await self._request(command, fields)
+
+    async def _request(
+        self,
+        command: str,
+        fields: dict[str, Any],
+        on_reply: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`request`; ``on_reply`` runs as the reply is read, before any later frame."""
         await self._wait_connected()
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        self._pending[request_id] = (future, on_reply)
         frame = {"command": command, "request_id": request_id, **fields}
         try:
             assert self._ws is not None
@@ -217,7 +284,8 @@ class TaskcastClient:
         ``max_reconnect_time``), so that is never mistaken for the end.
         """
         sub = self._subs.setdefault(operation_id, _Subscription())
-        sub.last_seq = max(sub.last_seq, since)
+        watcher = _Watcher(since)
+        sub.watchers.append(watcher)
         try:
             try:
                 await self._subscribe(operation_id, sub)
@@ -225,16 +293,18 @@ class TaskcastClient:
                 if self._closing:
                     raise  # otherwise the reconnect resubscribes everything in _subs
             while True:
-                event = await _next_event(sub.queue)
+                event = await _next_event(watcher.queue)
                 if event is None:
                     return
                 yield event
                 if event["event_type"] in TERMINAL_EVENT_TYPES:
                     return
         finally:
-            self._subs.pop(operation_id, None)
-            if self._ws is not None and not self._closing:
-                await self._quietly("unsubscribe", operation_id=operation_id)
+            sub.watchers.remove(watcher)
+            if not sub.watchers and self._subs.get(operation_id) is sub:
+                del self._subs[operation_id]
+                if self._ws is not None and not self._closing:
+                    await self._quietly("unsubscribe", operation_id=operation_id)
 
     def snapshot(self, operation_id: str) -> dict[str, Any] | None:
         """The snapshot from the latest subscribe reply of a watched operation."""
@@ -247,33 +317,52 @@ class TaskcastClient:
         """Subscribe to every live event of every operation (optionally of one type).
 
         Returns once the bridge confirmed the subscription, so nothing published
-        after the call is missed; iterate the result to get the events.
+        after the call is missed; iterate the result to get the events. Several
+        monitors on one client each get every event; they must share the
+        ``operation_type`` (the bridge filters by it, per connection).
         """
-        self._monitor = asyncio.Queue()
+        if self._monitors and operation_type != self._monitor_type:
+            raise ValueError(
+                f"this client already monitors operation_type={self._monitor_type!r}; "
+                "use another client for a different one"
+            )
+        monitor = _Monitor()
+        self._monitors.append(monitor)
         self._monitor_type = operation_type
-        await self._subscribe_all()
-        return self._monitor_events()
-
-    async def _monitor_events(self) -> AsyncGenerator[dict[str, Any], None]:
         try:
-            while self._monitor is not None and (event := await _next_event(self._monitor)):
+            await self._subscribe_all()
+        except BaseException:
+            self._monitors.remove(monitor)
+            raise
+        return self._monitor_events(monitor)
+
+    async def _monitor_events(self, monitor: _Monitor) -> AsyncGenerator[dict[str, Any], None]:
+        try:
+            while event := await _next_event(monitor.queue):
                 yield event
         finally:
-            self._monitor = None
-            if self._ws is not None and not self._closing:
+            self._monitors.remove(monitor)
+            if not self._monitors and self._ws is not None and not self._closing:
                 await self._quietly("unsubscribe_all")
 
     async def _subscribe(self, operation_id: str, sub: _Subscription) -> None:
-        fields: dict[str, Any] = {"operation_id": operation_id}
-        if sub.last_seq:
-            fields["since"] = sub.last_seq
-        reply = await self.request("subscribe", **fields)
+        async with sub.lock:
+            fields: dict[str, Any] = {"operation_id": operation_id}
+            if sub.since:
+                fields["since"] = sub.since
+            newcomers = [watcher for watcher in sub.watchers if not watcher.active]
+
+            def activate(reply: dict[str, Any]) -> None:
+                for watcher in newcomers:
+                    watcher.active = reply.get("status") != "error"
+
+            reply = await self._request("subscribe", fields, activate)
         sub.snapshot = reply.get("operation")
         # Finished with nothing replayed: the terminal event is either expired or
-        # one the caller already had (its since is the last seq); none will come.
+        # one the watchers already had (their since is the last seq); none will come.
         snapshot = sub.snapshot or {}
         if snapshot.get("status") in FINISHED_STATUSES and reply.get("replayed", 0) == 0:
-            sub.queue.put_nowait(None)
+            sub.end(None)
 
     async def _subscribe_all(self) -> None:
         fields = {"operation_type": self._monitor_type} if self._monitor_type else {}
@@ -402,7 +491,7 @@ class TaskcastClient:
             try:
                 for operation_id, sub in list(self._subs.items()):
                     await self._subscribe(operation_id, sub)
-                if self._monitor is not None:
+                if self._monitors:
                     await self._subscribe_all()
                 return
             except CommandError as exc:
@@ -414,27 +503,30 @@ class TaskcastClient:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         if "event_type" not in message:
-            future = self._pending.get(message.get("request_id"))  # type: ignore[arg-type]
-            if future is not None and not future.done():
+            entry = self._pending.get(message.get("request_id"))  # type: ignore[arg-type]
+            if entry is not None and not entry[0].done():
+                future, on_reply = entry
+                if on_reply is not None:
+                    on_reply(message)
                 future.set_result(message)
             return
-        if self._monitor is not None:
-            self._monitor.put_nowait(message)
+        for monitor in self._monitors:
+            monitor.accept(message)
         sub = self._subs.get(message.get("operation_id", ""))
         if sub is not None:
             sub.accept(message)
 
     def _fail_pending(self, error: Exception) -> None:
-        for future in self._pending.values():
+        for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(error)
 
     def _finish_iterators(self, error: BridgeUnavailable | None = None) -> None:
         """End every iterator: quietly after close(), with ``error`` when the bridge is gone."""
         for sub in self._subs.values():
-            sub.queue.put_nowait(error)
-        if self._monitor is not None:
-            self._monitor.put_nowait(error)
+            sub.end(error)
+        for monitor in self._monitors:
+            monitor.queue.put_nowait(error)
 
 
 class SyncClient:
