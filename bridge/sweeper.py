@@ -2,9 +2,10 @@
 
 A worker killed outright (SIGKILL, a lost machine) sends no failure; its
 heartbeats just stop. Bridges are always up while workers come and go, so
-they run :func:`taskcast.liveness.sweep_lost`: an operation whose worker missed three
-beats ends as ``lost``. Several bridges sweeping at once is harmless: the
-store refuses a second terminal event.
+they run :func:`taskcast.liveness.sweep_lost`: an operation whose worker went
+silent, or restarted under the same name, ends as ``lost`` within two heartbeat
+intervals. Several bridges sweeping at once is harmless: the store refuses a
+second terminal event.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
 log = logging.getLogger("taskcast.bridge")
-MISSED_BEATS = 3
+# A worker silent for 1.5 intervals is gone; sweeping every half interval ends its
+# operations within 2 intervals of its last beat.
+MISSED_BEATS = 1.5
 
 
 async def sweep_periodically(settings: Settings) -> None:
-    """Sweep every ``heartbeat_interval`` seconds until cancelled (0 turns it off)."""
+    """Sweep every half ``heartbeat_interval`` until cancelled (0 turns it off)."""
     interval = settings.heartbeat_interval
     if interval <= 0:
         return
@@ -31,7 +34,7 @@ async def sweep_periodically(settings: Settings) -> None:
     store = EventStore(client, prefix=settings.prefix, history_ttl=settings.history_ttl)
     try:
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval / 2)
             try:
                 ended = await asyncio.to_thread(sweep_lost, store, MISSED_BEATS * interval)
             except redis.RedisError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -28,6 +29,9 @@ class Heartbeat:
         self.hostname = hostname
         self.interval = interval
         self.store_of = store_of
+        # When this instance started: a sweep ends operations that started
+        # earlier under the same hostname (a previous instance, now gone).
+        self.started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskcast-heartbeat", daemon=True)
 
@@ -42,6 +46,6 @@ class Heartbeat:
     def _run(self) -> None:
         while True:
             with contextlib.suppress(redis.RedisError, OSError):
-                beat(self.store_of(), self.hostname)
+                beat(self.store_of(), self.hostname, started=self.started)
             if self._stop.wait(self.interval):
                 return

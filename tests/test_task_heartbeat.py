@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from helpers import events_of, wait_for
+from helpers import WorkerProcess, events_of, wait_for
 
 from taskcast.liveness import beat, sweep_lost
 from taskcast.tasks import Emitter
@@ -69,3 +69,28 @@ async def test_a_bridge_ends_operations_of_a_silent_worker_for_its_subscribers(
         await client.close()
     assert ended["data"]["status"] == "lost" and "gone@host" in ended["data"]["error"]
     assert store.snapshot("held-by-alive")["status"] == "running"
+
+
+def test_a_worker_killed_and_restarted_under_its_name_does_not_cover_for_the_dead_one(
+    worker_process, task_app, store, tmp_path
+) -> None:
+    interval = 0.5
+    worker = worker_process(TASKCAST_HEARTBEAT_INTERVAL=str(interval))
+    result = task_app.send_task("test.sleep_unacked", kwargs={"seconds": 60}, queue=worker.queue)
+    wait_for(lambda: (store.snapshot(result.id) or {}).get("status") == "processing")
+    assert worker.process is not None
+    os.killpg(worker.process.pid, signal.SIGKILL)
+    worker.process.wait()
+    restarted = WorkerProcess(
+        worker.env, worker.queue, tmp_path / "restarted.log", name=worker.name
+    ).start()
+    try:
+        restarted.wait_ready()
+        # The same hostname beats again at once: silence alone would never end the task.
+        max_silence = 1.5 * interval
+        ended = wait_for(lambda: sweep_lost(store, max_silence=max_silence), timeout=10)
+        assert ended == [result.id]
+    finally:
+        restarted.stop()
+    snapshot = store.snapshot(result.id)
+    assert snapshot["status"] == "lost" and "restarted" in snapshot["error"]

@@ -7,7 +7,8 @@ Layout under the prefix (default ``taskcast:``)::
     events           stream  every event of every operation: o (id), s (seq),
                              t (operation type), e (event JSON)
     ops              zset    operation ids scored by their last update
-    workers          zset    worker instances scored by their last heartbeat
+    workers          zset    worker hostnames scored by their last heartbeat
+    workers:started  hash    worker hostname -> when its running instance started
     op:{ID}:once:N   string  marker of an ingested Celery event, stored once (10 min)
 
 The braces are a Redis Cluster hash tag: both keys of one operation share a slot.
@@ -75,6 +76,10 @@ class Keys:
     @property
     def workers(self) -> str:
         return f"{self.prefix}workers"
+
+    @property
+    def worker_starts(self) -> str:
+        return f"{self.prefix}workers:started"
 
 
 @dataclass(frozen=True)

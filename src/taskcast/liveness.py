@@ -23,9 +23,16 @@ from taskcast.store import EventStore
 NOT_HELD = frozenset({"queued", "retrying"})
 
 
-def beat(store: EventStore, hostname: str, now: float | None = None) -> None:
-    """Record that ``hostname`` is alive now (raises on Redis errors: the caller decides)."""
+def beat(
+    store: EventStore, hostname: str, now: float | None = None, started: float | None = None
+) -> None:
+    """Record that ``hostname`` is alive now, and (``started``) when its instance started.
+
+    Raises on Redis errors: the caller decides.
+    """
     store.client.zadd(store.keys.workers, {hostname: time.time() if now is None else now})
+    if started is not None:
+        store.client.hset(store.keys.worker_starts, hostname, repr(started))
 
 
 def sweep_lost(
@@ -45,18 +52,41 @@ def sweep_lost(
             "list[tuple[bytes, float]]", store.client.zrange(workers, 0, -1, withscores=True)
         )
     }
+    starts = {
+        name.decode(): float(value)
+        for name, value in cast(
+            "dict[bytes, bytes]", store.client.hgetall(store.keys.worker_starts)
+        ).items()
+    }
     ended: list[str] = []
     for snapshot in store.list_operations("active", limit):
         worker = snapshot.get("worker")
-        last_beat = beats.get(worker) if worker else None
-        if last_beat is None or now - last_beat < max_silence:
+        if not worker or worker not in beats or snapshot["status"] in NOT_HELD:
             continue
-        if snapshot["status"] in NOT_HELD:
+        message = lost_because(snapshot, now - beats[worker], starts.get(worker), max_silence)
+        if message is None:
             continue
-        message = f"worker {worker} stopped sending heartbeats {now - last_beat:.1f}s ago"
         event = Event(
             "error", snapshot["operation_id"], error_data(message, "WorkerLostError", "lost")
         )
         if store.append(event):
             ended.append(snapshot["operation_id"])
     return ended
+
+
+def lost_because(
+    snapshot: dict, silence: float, instance_started: float | None, max_silence: float
+) -> str | None:
+    """Why an operation held by a known worker is lost, or None while its holder may live.
+
+    A worker restarted under the same hostname (systemd, Docker) beats again at
+    once, but its instance started after the operation did: the one that ran
+    it is gone, and its operations would otherwise stay ``running``.
+    """
+    worker = snapshot["worker"]
+    if silence >= max_silence:
+        return f"worker {worker} stopped sending heartbeats {silence:.1f}s ago"
+    started_at = snapshot.get("started_at")
+    if instance_started is not None and started_at is not None and instance_started > started_at:
+        return f"worker {worker} restarted; the instance running this task is gone"
+    return None
