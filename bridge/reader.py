@@ -10,16 +10,15 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from taskcast.events import FINISHED_STATUSES
 from taskcast.keys import (
     Keys,
     LiveEvent,
@@ -34,7 +33,6 @@ log = logging.getLogger("taskcast.bridge")
 
 # Errors meaning "the store is not reachable right now" (never a bug in the bridge).
 STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-_SCAN_PAGE = 500
 
 
 def _client(url: str, socket_timeout: float, max_connections: int) -> aioredis.Redis:
@@ -54,8 +52,11 @@ def _client(url: str, socket_timeout: float, max_connections: int) -> aioredis.R
 class StoreReader:
     """Reads for commands and HTTP routes; raise one of ``STORE_ERRORS`` when Redis is down."""
 
-    def __init__(self, redis_url: str, prefix: str, max_connections: int = 32) -> None:
+    def __init__(
+        self, redis_url: str, prefix: str, history_ttl: int = 86400, max_connections: int = 32
+    ) -> None:
         self.keys = Keys(prefix)
+        self.history_ttl = history_ttl
         self.client = _client(redis_url, socket_timeout=3.0, max_connections=max_connections)
 
     async def close(self) -> None:
@@ -81,9 +82,12 @@ class StoreReader:
     async def operation(self, operation_id: str) -> dict[str, Any] | None:
         return decode_snapshot(await self.client.hgetall(self.keys.snapshot(operation_id)))
 
-    async def _snapshots(self, start: int, stop: int) -> list[dict[str, Any]] | None:
-        """Snapshots of index ranks ``start..stop`` (newest first); None past the end."""
-        ids = await self.client.zrevrange(self.keys.index, start, stop)
+    async def _snapshots(
+        self, status: str | None, start: int, stop: int
+    ) -> list[dict[str, Any]] | None:
+        """Snapshots of ranks ``start..stop`` of the listing for ``status`` (newest first);
+        None past its end."""
+        ids = await self.client.zrevrange(self.keys.listing(status), start, stop)
         if not ids:
             return None
         async with self.client.pipeline(transaction=False) as pipe:
@@ -97,7 +101,7 @@ class StoreReader:
         found: list[dict[str, Any]] = []
         start, page = 0, max(limit, 100)
         while len(found) < limit:
-            snapshots = await self._snapshots(start, start + page - 1)
+            snapshots = await self._snapshots(status, start, start + page - 1)
             if snapshots is None:
                 break
             found.extend(s for s in snapshots if matches_status(s, status))
@@ -105,33 +109,18 @@ class StoreReader:
         return found[:limit]
 
     async def operation_counts(self) -> tuple[int, int]:
-        """``(active, total)`` stored operations, for ``get_stats``.
+        """``(active, total)`` stored operations, for ``get_stats``: two counts, no scan.
 
-        Index entries whose snapshot expired are not counted: ``get_operation``
-        would call them not found.
+        Only operations whose last event is younger than the history TTL count:
+        older ones expired (``get_operation`` calls them not found) even where
+        no append has trimmed them from the sets yet.
         """
-        indexed = int(await self.client.zcard(self.keys.index))
-        active = total = start = 0
-        while start < indexed:
-            ids: list[bytes] = await self.client.zrevrange(
-                self.keys.index, start, start + _SCAN_PAGE - 1
-            )
-            if not ids:
-                break
-            async with self.client.pipeline(transaction=False) as pipe:
-                for op_id in ids:
-                    pipe.hmget(self.keys.snapshot(op_id.decode()), "status", "last_seq")
-                rows = await pipe.execute()
-            # A missing last_seq means the snapshot expired; a missing status means queued.
-            stored = [status for status, last_seq in rows if last_seq is not None]
-            total += len(stored)
-            active += sum(
-                1
-                for status in stored
-                if status is None or orjson.loads(status) not in FINISHED_STATUSES
-            )
-            start += _SCAN_PAGE
-        return active, total
+        alive = time.time() - self.history_ttl
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcount(self.keys.active, alive, "+inf")
+            pipe.zcount(self.keys.index, alive, "+inf")
+            active, total = await pipe.execute()
+        return int(active), int(total)
 
 
 class LiveTail:

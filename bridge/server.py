@@ -147,7 +147,7 @@ class Bridge:
             on_overflow=self._on_overflow,
             on_resync=self._on_resync,
         )
-        self.reader = StoreReader(settings.redis_url, settings.prefix)
+        self.reader = StoreReader(settings.redis_url, settings.prefix, settings.history_ttl)
         self.tail = LiveTail(settings.redis_url, settings.prefix, self.hub.publish)
         self.metrics = BridgeMetrics(self.hub.snapshot_stats, lambda: self.tail.healthy)
         self.http = HttpRoutes(self, static_dir or Path(__file__).with_name("static"))

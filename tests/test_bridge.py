@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -233,7 +234,10 @@ async def test_get_stats_counts_clients_subscriptions_and_deliveries(
 ) -> None:
     emit_lifecycle(store, "finished")
     progress(store, "running", 2)
-    progress(store, "expired", 1)  # its keys expire; its index entry lingers until a later append
+    # Last updated longer ago than the history TTL: its keys have expired, while its
+    # index entries linger until a later append trims them.
+    stale = time.time() - store.history_ttl - 5
+    store.append(Event("progress", "expired", progress_data(0.5), timestamp=stale))
     store.client.delete(store.keys.snapshot("expired"), store.keys.history("expired"))
     watcher, other = await ws_client(), await ws_client()
     await watcher.request("subscribe", operation_id="running")

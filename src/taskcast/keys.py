@@ -7,6 +7,8 @@ Layout under the prefix (default ``taskcast:``)::
     events           stream  every event of every operation: o (id), s (seq),
                              t (operation type), e (event JSON)
     ops              zset    operation ids scored by their last update
+    active           zset    the unfinished ones among them (listings and counts
+                             of active operations read only these)
     workers          zset    worker hostnames scored by their last heartbeat
     workers:started  hash    worker hostname -> when its running instance started
     op:{ID}:once:N   string  marker of an ingested Celery event, stored once (10 min)
@@ -72,6 +74,14 @@ class Keys:
     @property
     def index(self) -> str:
         return f"{self.prefix}ops"
+
+    @property
+    def active(self) -> str:
+        return f"{self.prefix}active"
+
+    def listing(self, status: str | None) -> str:
+        """The sorted set a listing with ``status`` walks: only unfinished ids for ``active``."""
+        return self.active if status == "active" else self.index
 
     @property
     def workers(self) -> str:

@@ -24,8 +24,8 @@ from taskcast.keys import (
 if TYPE_CHECKING:
     from taskcast.worker_config import Settings
 
-# KEYS: 1 snapshot hash, 2 history stream, 3 live stream, 4 index zset,
-#       5 (optional) the once-only marker of an event that may be appended twice
+# KEYS: 1 snapshot hash, 2 history stream, 3 live stream, 4 index zset, 5 active zset,
+#       6 (optional) the once-only marker of an event that may be appended twice
 # ARGV: 1 id, 2 prefix, 3 suffix, 4 history maxlen, 5 ttl, 6 live maxlen,
 #       7 score, 8 kind (n/t/r), 9 number of overwrite pairs, then the
 #       overwrite pairs, then the set-if-absent pairs.
@@ -36,7 +36,7 @@ local kind = ARGV[8]
 if kind ~= 'r' and redis.call('HGET', KEYS[1], 'terminal') == '1' then
   return 0
 end
-if KEYS[5] and not redis.call('SET', KEYS[5], '1', 'NX', 'EX', 600) then
+if KEYS[6] and not redis.call('SET', KEYS[6], '1', 'NX', 'EX', 600) then
   return -1
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
@@ -53,8 +53,15 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'o', ARGV[1], 's', seq,
   'e', event)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
+local expired = '(' .. (tonumber(ARGV[7]) - tonumber(ARGV[5]))
 redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (tonumber(ARGV[7]) - tonumber(ARGV[5])))
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', expired)
+if kind == 't' then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+else
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', expired)
+end
 return seq
 """
 
@@ -118,6 +125,7 @@ class EventStore:
             self.keys.history(event.operation_id),
             self.keys.live,
             self.keys.index,
+            self.keys.active,
         ]
         if once is not None:
             keys.append(self.keys.once(event.operation_id, once))
@@ -137,7 +145,7 @@ class EventStore:
         found: list[dict[str, Any]] = []
         start, page = 0, max(limit, 100)
         while len(found) < limit:
-            ids = self.client.zrevrange(self.keys.index, start, start + page - 1)
+            ids = self.client.zrevrange(self.keys.listing(status), start, start + page - 1)
             if not ids:
                 break
             pipe = self.client.pipeline(transaction=False)
