@@ -139,6 +139,9 @@ def demo(
     except KeyboardInterrupt:
         click.echo("\nstopping the demo...")
     finally:
+        # Once stopping, a further interrupt (a second Ctrl-C, or one that arrives while
+        # the interpreter exits) must not cut the cleanup short or fail the exit status.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         tree.stop()
         if embedded is not None:
             embedded.close()
