@@ -7,6 +7,8 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 
+import redis
+from celery import Celery
 from helpers import events_of, summary, wait_finished, wait_for
 
 from taskcast import tasks
@@ -141,3 +143,32 @@ def test_history_bound_and_ttl_hold_through_the_task_path(
     assert snapshot["event_count"] == snapshot["last_seq"] > 20
     for key in (store.keys.snapshot(result.id), store.keys.history(result.id)):
         assert 0 < redis_client.ttl(key) <= 40
+
+
+def test_a_worker_survives_its_single_redis_restarting_twice_mid_task(
+    worker_process, task_settings, prefix
+) -> None:
+    """The default setup: broker, results and events on one Redis that restarts (empty)."""
+    with EmbeddedRedis() as single:
+        settings = replace(
+            task_settings,
+            redis_url=single.url,
+            broker_url=single.url,
+            result_backend=single.url,
+            prefix=prefix,
+        )
+        worker = worker_process(settings=settings)
+        publisher = Celery("restart_publisher", broker=single.url, backend=single.url)
+        running = publisher.send_task(
+            "test.sleep", kwargs={"seconds": 4, "steps": 40}, queue=worker.queue
+        )
+        store = EventStore(redis.Redis.from_url(single.url), prefix=prefix)
+        wait_for(lambda: (store.snapshot(running.id) or {}).get("status") == "running")
+        for _ in range(2):
+            single.stop()
+            single.start()
+        assert worker.process is not None and worker.process.poll() is None, worker.log()
+        after = publisher.send_task("test.plain_add", kwargs={"a": 2, "b": 3}, queue=worker.queue)
+        assert after.get(timeout=30) == 5  # the worker reconnected and takes new work
+        assert worker.process.poll() is None and "Unrecoverable error" not in worker.log()
+        store.client.close()
