@@ -7,40 +7,17 @@
 //             if terminal) in Redis -> {seqs: [...]}
 //     /token  {ops, scopes?, ttl?, kind?} mints a token for `ops` (a list, or "*") with
 //             `scopes` (default ["read"]) living `ttl` seconds (the `exp` claim is whole
-//             seconds, so it lives between ttl - 1 and ttl); kind "forged" signs it with
+//             seconds, rounded up, so it lives between ttl and ttl + 1); kind "forged" signs it with
 //             another key, "expired" makes one that expired 5 s ago -> {token}
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 
 import { TaskcastClient } from '../../bridge/static/taskcast.js';
+import { FAST_BACKOFF, NOT_DRIVEN, WS_URL, control, emit, pause, range, until } from './driver.mjs';
 
-const { TASKCAST_WS_URL: WS_URL, TASKCAST_CONTROL_URL: CONTROL_URL } = process.env;
-const FAST_BACKOFF = { baseMs: 50, capMs: 300 };
-
-async function control(path, body = {}) {
-  const response = await fetch(new URL(path, CONTROL_URL), {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  assert.equal(response.status, 200, `${path}: ${await response.clone().text()}`);
-  return response.json();
-}
-
-const emit = (operationId, count, terminal = false) => control('/emit', { operation_id: operationId, count, terminal });
 const mint = async (ops, options = {}) => (await control('/token', { ops, ...options })).token;
-const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
 const expClaim = (token) => JSON.parse(Buffer.from(token.split('.')[1], 'base64url')).exp;
-
-async function until(check, what, timeoutMs = 15000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await pause(10);
-  }
-}
 
 /** A client that records what it delivers and every connection and token event. */
 function recordingClient(options = {}) {
@@ -84,7 +61,7 @@ async function produce(operationId, done, intervalMs = 100) {
   return count + 2;
 }
 
-describe('TaskcastClient on a bridge that requires tokens', { skip: !WS_URL || !CONTROL_URL ? 'TASKCAST_WS_URL and TASKCAST_CONTROL_URL are set by tests/test_js_client.py' : false }, () => {
+describe('TaskcastClient on a bridge that requires tokens', { skip: NOT_DRIVEN }, () => {
   const clients = [];
   after(() => clients.forEach(({ client }) => client.disconnect()));
   const recording = (options) => {

@@ -16,31 +16,8 @@ import { randomUUID } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 
 import { TaskcastClient } from '../../bridge/static/taskcast.js';
+import { FAST_BACKOFF, NOT_DRIVEN, WS_URL, control, emit, range, until } from './driver.mjs';
 
-const { TASKCAST_WS_URL: WS_URL, TASKCAST_CONTROL_URL: CONTROL_URL } = process.env;
-const FAST_BACKOFF = { baseMs: 50, capMs: 300 };
-
-async function control(path, body = {}) {
-  const response = await fetch(new URL(path, CONTROL_URL), {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  assert.equal(response.status, 200, `${path}: ${await response.clone().text()}`);
-  return response.json();
-}
-
-const emit = (operationId, count, terminal = false) => control('/emit', { operation_id: operationId, count, terminal });
-
-async function until(check, what, timeoutMs = 10000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
 
 /** A client that records what it delivers: seqs per operation, connection events. */
 function recordingClient() {
@@ -63,7 +40,7 @@ function recordingClient() {
   return { client, delivered, closes, resumed, resumeFailed, opens };
 }
 
-describe('TaskcastClient against a real bridge', { skip: !WS_URL || !CONTROL_URL ? 'TASKCAST_WS_URL and TASKCAST_CONTROL_URL are set by tests/test_js_client.py' : false }, () => {
+describe('TaskcastClient against a real bridge', { skip: NOT_DRIVEN }, () => {
   const clients = [];
   after(() => clients.forEach(({ client }) => client.disconnect()));
   const connected = async () => {
