@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import webbrowser
@@ -86,8 +87,8 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
         os.killpg(process.pid, signum)
 
 
-def wait_http(url: str, timeout: float, tree: ProcessTree) -> None:
-    """Poll ``url`` until it answers 200, failing early if a child dies."""
+def wait_http(url: str, timeout: float, tree: ProcessTree, stopping: threading.Event) -> None:
+    """Poll ``url`` until it answers 200, failing early if a child dies; return early on a stop."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         tree.check()
@@ -96,12 +97,9 @@ def wait_http(url: str, timeout: float, tree: ProcessTree) -> None:
                 if response.status == 200:
                     return
         except OSError:
-            time.sleep(0.1)
+            if stopping.wait(0.1):
+                return
     raise click.ClickException(f"the bridge did not answer at {url} within {timeout:.0f}s")
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 @click.command()
@@ -122,26 +120,28 @@ def demo(
     """Run Redis, Celery workers, the bridge and sample tasks; Ctrl-C stops everything."""
     settings = load_settings()
     port = settings.port if port is None else (port or free_port())
+    # Ctrl-C and SIGTERM only set a flag that the demo checks between steps: an interrupt
+    # raised as an exception could land inside an import or a library's __set_name__,
+    # come out as some other error and cut the cleanup short.
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     embedded: EmbeddedRedis | None = None
-    redis_url = settings.redis_url
-    if not redis_answers(redis_url):
-        embedded = EmbeddedRedis().start()
-        redis_url = embedded.url
-        click.echo(f"no Redis at {settings.redis_url}: started a private one at {redis_url}")
-    env = dict(os.environ, TASKCAST_REDIS_URL=redis_url, TASKCAST_PORT=str(port))
-    if embedded is not None or "CELERY_BROKER_URL" not in os.environ:
-        env.update(CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url)
-    os.environ.update(env)
-    signal.signal(signal.SIGTERM, _terminate)
     tree = ProcessTree()
     try:
-        _run(tree, env, settings.host, port, workers, no_browser, duration, interval)
-    except KeyboardInterrupt:
-        click.echo("\nstopping the demo...")
+        redis_url = settings.redis_url
+        if not redis_answers(redis_url):
+            embedded = EmbeddedRedis().start()
+            redis_url = embedded.url
+            click.echo(f"no Redis at {settings.redis_url}: started a private one at {redis_url}")
+        env = dict(os.environ, TASKCAST_REDIS_URL=redis_url, TASKCAST_PORT=str(port))
+        if embedded is not None or "CELERY_BROKER_URL" not in os.environ:
+            env.update(CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url)
+        os.environ.update(env)
+        _run(tree, env, settings.host, port, workers, no_browser, duration, interval, stopping)
     finally:
-        # Once stopping, a further interrupt (a second Ctrl-C, or one that arrives while
-        # the interpreter exits) must not cut the cleanup short or fail the exit status.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if stopping.is_set():
+            click.echo("\nstopping the demo...")
         tree.stop()
         if embedded is not None:
             embedded.close()
@@ -157,7 +157,10 @@ def _run(
     no_browser: bool,
     duration: float | None,
     interval: float,
+    stopping: threading.Event,
 ) -> None:
+    if stopping.is_set():
+        return
     for number in range(1, workers + 1):
         tree.start(
             f"worker {number}",
@@ -178,7 +181,9 @@ def _run(
             stop_signal=signal.SIGQUIT,  # cold shutdown: do not wait for running tasks
         )
     tree.start("bridge", [sys.executable, "-m", "taskcast", "serve", "--port", str(port)], env)
-    wait_http(f"http://{host}:{port}/healthz", 20, tree)
+    wait_http(f"http://{host}:{port}/healthz", 20, tree, stopping)
+    if stopping.is_set():
+        return
     dashboard = f"http://{host}:{port}/"
     click.echo(f"taskcast demo running: dashboard at {dashboard}  (Ctrl-C to stop)")
     click.echo("follow a task in the terminal with: taskcast watch <operation id>")
@@ -191,11 +196,14 @@ def _run(
         click.echo(f"submitted {name}: {dashboard}?operation={result.id}")
 
     for name, kwargs in SAMPLES:
+        if stopping.is_set():
+            return
         submit(name, kwargs)
     started = next_submit = time.monotonic()
-    while duration is None or time.monotonic() - started < duration:
+    while not stopping.wait(0.1):
+        if duration is not None and time.monotonic() - started >= duration:
+            return
         tree.check()
         if time.monotonic() >= next_submit:
             next_submit += interval
             submit(*random.choice(SAMPLES))
-        time.sleep(0.1)
