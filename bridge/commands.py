@@ -19,6 +19,7 @@ from taskcast.protocol import BAD_REQUEST, PROTOCOL_VERSION, UNKNOWN_COMMAND
 
 MAX_ID_LENGTH = 256
 MAX_STATUS_LENGTH = 64
+MAX_EPOCH_LENGTH = 64
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
 MAX_TOKEN_LENGTH = 8192
@@ -27,7 +28,7 @@ RequestId = str | int | float
 
 # command name -> fields it understands (others are ignored)
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "subscribe": ("operation_id", "since"),
+    "subscribe": ("operation_id", "since", "epoch"),
     "unsubscribe": ("operation_id",),
     "subscribe_all": ("operation_type",),
     "unsubscribe_all": (),
@@ -61,6 +62,7 @@ class Command:
     request_id: RequestId | None = None
     operation_id: str | None = None
     since: int = 0
+    epoch: str | None = None
     operation_type: str | None = None
     status: str | None = None
     limit: int = DEFAULT_LIST_LIMIT
@@ -152,6 +154,8 @@ def parse_command(raw: str | bytes) -> Command:
             )
         if "since" in fields:
             values["since"] = _integer(message.get("since"), "since", 0, 0)
+        if "epoch" in fields:
+            values["epoch"] = _text(message.get("epoch"), "epoch", MAX_EPOCH_LENGTH, required=False)
         if "operation_type" in fields:
             values["operation_type"] = _text(
                 message.get("operation_type"), "operation_type", MAX_ID_LENGTH, required=False

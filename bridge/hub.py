@@ -52,17 +52,22 @@ class Frame:
 class Subscription:
     """One connection's interest in one operation.
 
-    ``pending`` is a list of ``(seq, frame)`` buffered while history is being
-    read, or None once live; ``since`` is what the reader was asked for.
+    ``pending`` is a list of ``(seq, epoch, frame)`` buffered while history is
+    being read, or None once live; ``since`` is what the reader was asked for.
+    ``epoch`` is the history epoch the client is being served ("" until known);
+    ``renew`` says the epoch changed under the client, whose next reply must be
+    an unasked ``subscribed`` with ``recovered: false`` (PROTOCOL.md).
     """
 
-    __slots__ = ("operation_id", "since", "last_seq", "pending")
+    __slots__ = ("operation_id", "since", "last_seq", "pending", "epoch", "renew")
 
     def __init__(self, operation_id: str, since: int) -> None:
         self.operation_id = operation_id
         self.since = since
         self.last_seq = since
-        self.pending: list[tuple[int, Frame]] | None = []
+        self.pending: list[tuple[int, str, Frame]] | None = []
+        self.epoch = ""
+        self.renew = False
 
 
 class Connection:
@@ -104,8 +109,14 @@ class Hub:
       than ``send_buffer_bytes`` unsent; its outbox is dropped and it must be
       closed (4008).
     - ``on_resync(conn, subscription)``: a live event skipped a seq for this
-      subscription; read history after ``subscription.since`` and call
-      :meth:`finish_subscribe` with ``reply=None``.
+      subscription, or began a new epoch (``subscription.renew``); read the
+      snapshot and the history after ``subscription.since`` and call
+      :meth:`finish_subscribe`, with a fresh ``subscribed`` reply if renewing.
+
+    Epochs are Redis-clock strings of one width (see ``taskcast.store``), so a
+    greater one is newer: an event of an older epoch is stale (it was in the
+    tail before Redis lost the history) and is dropped; one of a newer epoch
+    starts the subscription over.
     """
 
     def __init__(
@@ -243,20 +254,31 @@ class Hub:
         reply: bytes | None,
         history: Iterable[tuple[int, bytes]],
         stored_last_seq: int,
+        epoch: str = "",
     ) -> None:
         """Queue ``reply``, then ``history`` (events after ``sub.since``), then buffered events.
 
-        ``stored_last_seq`` is the operation's ``last_seq`` from the snapshot
-        read with the history. A client claiming a ``since`` beyond it (or any
-        ``since`` for an unknown operation) gets events from there on, so that
-        an operation that starts later is not mistaken for one already seen.
+        ``stored_last_seq`` and ``epoch`` come from the snapshot read with the
+        history. A client claiming a ``since`` beyond it (or any ``since`` for
+        an unknown operation) gets events from there on, so that an operation
+        that starts later is not mistaken for one already seen. Buffered events
+        of an older epoch are dropped; one of a newer epoch means the history
+        just read is already stale, and the subscription starts over.
         Does nothing if the subscription was replaced or dropped meanwhile.
         """
         if conn.closed or conn.subscriptions.get(sub.operation_id) is not sub:
             return
         pending = sub.pending or []
         sub.pending = None
+        sub.renew = False
+        sub.epoch = max([epoch, *(item[1] for item in pending)])
         sub.last_seq = min(sub.since, stored_last_seq)
+        if sub.epoch != epoch and epoch:
+            for _, _, frame in pending:
+                conn.queued_bytes -= len(frame.payload)
+            self._start_over(conn, sub)
+            self._on_resync(conn, sub)
+            return
         if reply is not None:
             self._enqueue(conn, Frame(reply))
         for seq, payload in history:
@@ -265,8 +287,8 @@ class Hub:
                 sub.last_seq = seq
         # Buffered frames were charged when buffered; they finish the replay
         # and so never count as falling behind.
-        for seq, frame in sorted(pending, key=lambda item: item[0]):
-            if seq > sub.last_seq:
+        for seq, event_epoch, frame in sorted(pending, key=lambda item: item[0]):
+            if seq > sub.last_seq and event_epoch in (sub.epoch, ""):
                 self._enqueue(conn, frame, charged=True)
                 sub.last_seq = seq
             else:
@@ -282,7 +304,7 @@ class Hub:
         sub = conn.subscriptions.pop(operation_id, None)
         if sub is None:
             return False
-        for _, frame in sub.pending or ():
+        for _, _, frame in sub.pending or ():
             conn.queued_bytes -= len(frame.payload)
         subscribers = self._subscribers.get(operation_id)
         if subscribers is not None:
@@ -319,7 +341,7 @@ class Hub:
             subscribers = self._subscribers.get(event.operation_id)
             if subscribers:
                 for conn, sub in subscribers.items():
-                    if self._route(conn, sub, event.seq, frame):
+                    if self._route(conn, sub, event.seq, event.epoch, frame):
                         resyncs.append((conn, sub))
             for conn, wanted in self._monitors.items():
                 if (wanted is None or wanted == event.operation_type) and (
@@ -331,13 +353,24 @@ class Hub:
             if not conn.closed and conn.subscriptions.get(sub.operation_id) is sub:
                 self._on_resync(conn, sub)
 
-    def _route(self, conn: Connection, sub: Subscription, seq: int, frame: Frame) -> bool:
-        """Deliver, buffer or drop one event for one subscription; True if a gap opened."""
+    def _route(
+        self, conn: Connection, sub: Subscription, seq: int, epoch: str, frame: Frame
+    ) -> bool:
+        """Deliver, buffer or drop one event for one subscription; True if history must be read."""
         if conn.closed:
             return False
         if sub.pending is not None:
-            self._buffer(conn, sub, seq, frame)
+            self._buffer(conn, sub, seq, epoch, frame)
             return False
+        if epoch and sub.epoch and epoch != sub.epoch:
+            if epoch < sub.epoch:
+                return False
+            # Seqs started over in a new epoch: serve it from its beginning.
+            self._start_over(conn, sub)
+            self._buffer(conn, sub, seq, epoch, frame)
+            return True
+        if epoch and not sub.epoch:
+            sub.epoch = epoch
         if seq <= sub.last_seq:
             return False
         if seq == sub.last_seq + 1:
@@ -348,16 +381,26 @@ class Hub:
         # bridge lagged): buffer from here and have the history fill the hole.
         sub.since = sub.last_seq
         sub.pending = []
-        self._buffer(conn, sub, seq, frame)
+        self._buffer(conn, sub, seq, epoch, frame)
         return True
 
-    def _buffer(self, conn: Connection, sub: Subscription, seq: int, frame: Frame) -> None:
+    @staticmethod
+    def _start_over(conn: Connection, sub: Subscription) -> None:
+        """Make ``sub`` wait for a whole new epoch's history, announced by a fresh reply."""
+        sub.renew = True
+        sub.since = 0
+        sub.last_seq = 0
+        sub.pending = []
+
+    def _buffer(
+        self, conn: Connection, sub: Subscription, seq: int, epoch: str, frame: Frame
+    ) -> None:
         """Hold an event of a subscription whose history is being read (``pending`` is a list)."""
         if conn.queued_bytes > self.send_buffer_bytes:
             self._condemn(conn)
             return
         assert sub.pending is not None
-        sub.pending.append((seq, frame))
+        sub.pending.append((seq, epoch, frame))
         conn.queued_bytes += len(frame.payload)
 
     # -- introspection -------------------------------------------------------

@@ -428,13 +428,29 @@ class Bridge:
         self._spawn(self._resync(conn, sub))  # type: ignore[arg-type]
 
     async def _resync(self, peer: Peer, sub: Subscription) -> None:
-        """Fill a gap the live tail left by re-reading history (see Hub.publish)."""
+        """Fill a gap the live tail left, or serve a new epoch, by re-reading history
+        (see Hub.publish); a new epoch is announced with an unasked ``subscribed``."""
         try:
             snapshot, history = await self.reader.snapshot_and_history(sub.operation_id, sub.since)
         except STORE_ERRORS:
             await peer.ws.close(CLOSE_TRY_AGAIN_LATER, "event store unavailable; resume later")
             return
-        self.hub.finish_subscribe(peer, sub, None, history, snapshot["last_seq"] if snapshot else 0)
+        reply = None
+        if sub.renew:
+            unasked = Command("subscribe", operation_id=sub.operation_id)
+            reply = subscribed_frame(unasked, snapshot, False, len(history))
+        self._finish(peer, sub, reply, snapshot, history)
+
+    def _finish(
+        self,
+        peer: Peer,
+        sub: Subscription,
+        reply: bytes | None,
+        snapshot: dict[str, Any] | None,
+        history: list[tuple[int, bytes]],
+    ) -> None:
+        last_seq, epoch = (snapshot["last_seq"], snapshot["epoch"] or "") if snapshot else (0, "")
+        self.hub.finish_subscribe(peer, sub, reply, history, last_seq, epoch)
 
     # -- commands ----------------------------------------------------------------
 
@@ -471,16 +487,25 @@ class Bridge:
                 command.request_id,
             )
         try:
-            snapshot, history = await self.reader.snapshot_and_history(
-                command.operation_id, command.since
-            )
+            snapshot, history = await self._read_for(sub, command.since, command.epoch)
         except BaseException:
             self.hub.abort_subscribe(peer, sub)
             raise
         last_seq = snapshot["last_seq"] if snapshot else 0
-        recovered = is_recovered(command.since, history, last_seq)
+        recovered = sub.since == command.since and is_recovered(sub.since, history, last_seq)
         reply = subscribed_frame(command, snapshot, recovered, len(history))
-        self.hub.finish_subscribe(peer, sub, reply, history, last_seq)
+        self._finish(peer, sub, reply, snapshot, history)
+
+    async def _read_for(
+        self, sub: Subscription, since: int, epoch: str | None
+    ) -> tuple[dict[str, Any] | None, list[tuple[int, bytes]]]:
+        """Snapshot and history for a subscribe; a ``since`` of another epoch counts for
+        nothing: the client gets the current epoch's whole history (not recovered)."""
+        snapshot, history = await self.reader.snapshot_and_history(sub.operation_id, since)
+        if since and epoch and snapshot is not None and snapshot["epoch"] not in (None, epoch):
+            sub.since = sub.last_seq = 0
+            snapshot, history = await self.reader.snapshot_and_history(sub.operation_id, 0)
+        return snapshot, history
 
     async def _unsubscribe(self, peer: Peer, command: Command) -> None:
         assert command.operation_id is not None

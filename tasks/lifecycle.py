@@ -22,6 +22,9 @@ Where each event comes from, and why there:
   where another worker may already have started it; emitting at publish
   keeps ``retrying`` before the next ``running``. A retry is not a new
   publication, so it gets no ``queued``.
+- ``retrying`` (reason ``worker lost``) or ``lost``: ``task_received``, for a
+  message the broker redelivered after the worker running it died
+  (:mod:`taskcast.tasks.redelivery`).
 - ``running``: ``task_prerun``, with the worker's hostname.
 - ``result`` + ``completed``: ``task_success``, with the duration since
   ``running`` (measured in the process that ran the task).
@@ -42,12 +45,14 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import redis
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
 from taskcast.events import status_data
 from taskcast.tasks.cancel import OperationCancelled
 from taskcast.tasks.emitter import Emitter
+from taskcast.tasks.redelivery import judge
 from taskcast.tasks.runtime import configure, get_producer, get_settings
 from taskcast.worker_config import load_settings
 
@@ -178,6 +183,34 @@ def record_queued(
     emitter.emit("status", task_id, data, operation_type=sender, metadata=publish_metadata(headers))
 
 
+def record_redelivered(request: Any = None, **_: Any) -> None:
+    """``task_received``, in the worker's main process: a message the broker delivers
+    again may be a task whose worker died (see :mod:`taskcast.tasks.redelivery`).
+
+    A task past the limit is added to the worker's revoked set (``celery.worker.state``,
+    what the ``revoke`` control command fills), so Celery discards it before it runs.
+    Without the store nothing can be judged, and the task just runs again.
+    """
+    if request is None or not (request.delivery_info or {}).get("redelivered"):
+        return
+    if not records_lifecycle(request.task):
+        return
+    producer = get_producer()
+    store = producer.store
+    try:
+        verdict = judge(request.id, store.snapshot(request.id), get_settings().max_redeliveries)
+        if verdict is None:
+            return
+        store.client.hset(store.keys.snapshot(request.id), "redeliveries", verdict.redeliveries)
+    except (redis.RedisError, OSError):
+        return
+    producer.emit(verdict.event)
+    if verdict.stop:
+        from celery.worker import state  # only workers receive tasks
+
+        state.revoked.add(request.id)
+
+
 def record_running(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if not (task_id and records_lifecycle(task)):
         return
@@ -269,19 +302,23 @@ def stop_heartbeat(**_: Any) -> None:
         _heartbeat.pop().stop()
 
 
-def flush_on_shutdown(**_: Any) -> None:
-    """A pool child that exits takes held-back progress with it unless flushed."""
+def store_before_exit(**_: Any) -> None:
+    """A pool child exits without atexit hooks: held-back progress and events still in
+    the outbox (the store was down) would go with it, terminal events included."""
     if _heartbeat or _instrumented or _lifecycle_names:
-        get_producer().flush()
+        producer = get_producer()
+        producer.flush()
+        producer.drain_until(get_settings().shutdown_timeout)
 
 
 _HANDLERS: tuple[tuple[signals.Signal, Any], ...] = (
     (signals.before_task_publish, record_queued),
+    (signals.task_received, record_redelivered),
     (signals.task_prerun, record_running),
     (signals.task_success, record_completed),
     (signals.task_failure, record_failed),
     (signals.task_revoked, record_revoked),
     (signals.worker_ready, start_heartbeat),
     (signals.worker_shutdown, stop_heartbeat),
-    (signals.worker_process_shutdown, flush_on_shutdown),
+    (signals.worker_process_shutdown, store_before_exit),
 )

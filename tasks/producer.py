@@ -1,18 +1,23 @@
-"""The producer side of the store: emits that never break or stall the task.
+"""The producer side of the store: emits that never break or stall the task, and lose nothing.
 
 A task's progress is a side channel; losing Redis must not lose the task. So
-every emit here swallows store errors, is bounded by a short socket timeout,
-and after a failure stops talking to Redis for a short back-off window
-(dropping and counting events instead of paying the timeout on every call).
-Terminal events still get one attempt during the window, because without
-them an operation would look ``running`` until its history expires.
+every emit here swallows store errors and is bounded by a short socket
+timeout. An event the store did not take waits in the process's
+:class:`~taskcast.tasks.outbox.Outbox`, and so does every event after it
+until the outbox is empty again (that keeps each operation's order), without
+the task ever waiting: a daemon thread retries the oldest event every
+back-off interval and stores the rest in order once one goes through.
+Terminal events are retried for as long as the process lives and, when it
+stops, for up to ``shutdown_timeout`` seconds, so an operation does not stay
+``running`` because Redis blinked.
 
-Progress events go through a :class:`~tasks.coalesce.Coalescer`; a daemon
-thread flushes values held back when a task goes quiet.
+Progress events go through a :class:`~taskcast.tasks.coalesce.Coalescer`; the
+same thread flushes values held back when a task goes quiet.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -25,10 +30,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskcast.events import TERMINAL_EVENT_TYPES, Event, capped
+from taskcast.events import TERMINAL_EVENT_TYPES, Event, capped, log_data
 from taskcast.store import EventStore
 from taskcast.tasks.cancel import ENDED
 from taskcast.tasks.coalesce import Coalescer
+from taskcast.tasks.outbox import Outbox
 from taskcast.worker_config import Settings
 
 logger = logging.getLogger("taskcast.producer")
@@ -60,13 +66,18 @@ class Producer:
         )
         self.store = EventStore.for_settings(client, settings)
         self.coalescer = Coalescer(settings.progress_interval, clock)
-        self.counters = {"stored": 0, "rejected": 0, "failed": 0, "dropped": 0, "invalid": 0}
-        self._down_until = 0.0
+        self.outbox = Outbox(settings.outbox_events)
+        self.counters = {"stored": 0, "rejected": 0, "failed": 0, "invalid": 0, "retried": 0}
+        # While events wait in the outbox (or the drainer holds one), every new
+        # event queues behind them; the drainer next tries at _retry_at.
+        self._inflight = False
+        self._retry_at = 0.0
         self._last_log = float("-inf")
         self._unlogged_failures = 0
         self._closed = False
         self._reset_threading()
         _live_producers.add(self)
+        atexit.register(self.close)
 
     def _reset_threading(self) -> None:
         """Fresh locks and no flusher: used at start and in a forked child."""
@@ -76,6 +87,9 @@ class Producer:
         self._lock = threading.RLock()
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._wake = threading.Condition(self._lock)
+        # One drainer at a time (the background thread, or close() at shutdown),
+        # or two could store one operation's queued events out of order.
+        self._draining = threading.Lock()
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
 
@@ -125,14 +139,40 @@ class Producer:
 
     def stats(self) -> dict[str, int]:
         """Counters: stored, rejected (operation had ended), failed (Redis errors),
-        dropped (not stored: Redis errors and back-off), invalid (data not
-        encodable as JSON), coalesced (progress merged into a later value)."""
+        invalid (data not encodable as JSON), coalesced (progress merged into a
+        later value), retried (stored from the outbox), and of the outbox:
+        outbox (events waiting now), outbox_peak, queued (events that ever
+        waited), merged (progress merged away to make room), dropped (other
+        events dropped to make room, each reported in its operation's history)."""
         with self._lock:
-            return {**self.counters, "coalesced": self.coalescer.merged}
+            box = self.outbox.stats
+            return {
+                **self.counters,
+                "coalesced": self.coalescer.merged,
+                "outbox": len(self.outbox),
+                "outbox_peak": box.peak,
+                "queued": box.queued,
+                "merged": box.merged,
+                "dropped": box.dropped,
+            }
 
-    def close(self) -> None:
-        """Flush, stop the flusher thread and drop the Redis connections."""
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, retry what waits in the outbox for up to ``timeout`` seconds (default:
+        the ``shutdown_timeout`` setting), stop the background thread and disconnect.
+
+        Safe to call more than once (atexit calls it too)."""
+        if self._closed:
+            return
         self.flush()
+        waiting = self.drain_until(
+            self.settings.shutdown_timeout if timeout is None else timeout
+        )
+        if waiting:
+            logger.warning(
+                "taskcast stopped with %d event(s) the store at %s never took",
+                waiting,
+                self.settings.redis_url,
+            )
         with self._lock:
             self._closed = True
             self._wake.notify_all()
@@ -141,37 +181,85 @@ class Producer:
             flusher.join(timeout=2)
         self.store.client.close()
 
+    def drain_until(self, timeout: float) -> int:
+        """Store what waits in the outbox, retrying for up to ``timeout`` seconds;
+        returns how many events still wait."""
+        deadline = self.clock() + timeout
+        while not self._drain() and self.clock() + self.backoff <= deadline:
+            time.sleep(self.backoff)
+        with self._lock:
+            return len(self.outbox) + int(self._inflight)
+
     def _store(self, event: Event) -> int:
-        """One append, with the back-off window and the failure accounting."""
-        now = self.clock()
-        if now < self._down_until and event.event_type not in TERMINAL_EVENT_TYPES:
+        """Append now, or queue behind what already waits; on a store error, queue it."""
+        with self._lock:
+            if self._inflight or len(self.outbox):
+                self.outbox.put(event)
+                return 0
+        try:
+            seq = self._append(event)
+        except (redis.RedisError, OSError) as exc:
             with self._lock:
-                self.counters["dropped"] += 1
+                self.outbox.put(event)
+                self._store_failed(exc)
             return 0
+        return seq or ENDED
+
+    def _append(self, event: Event) -> int:
+        """One append and its accounting; raises only on store errors.
+
+        Data that cannot be encoded as JSON (e.g. non-string dict keys) loses
+        this event only: the store is fine, so nothing waits or backs off.
+        """
         try:
             seq = self.store.append(capped(event, self.settings.max_event_bytes))
         except orjson.JSONEncodeError as exc:
-            # The task's own data cannot be encoded (e.g. non-string dict keys):
-            # drop this event only; the store is fine, so no back-off.
             with self._lock:
                 self.counters["invalid"] += 1
-                self._log_failure(exc, now)
-            return 0
-        except (redis.RedisError, OSError) as exc:
-            with self._lock:
-                self.counters["failed"] += 1
-                self.counters["dropped"] += 1
-                self._down_until = now + self.backoff
-                self._log_failure(exc, now)
+                self._log_failure(exc, self.clock())
             return 0
         with self._lock:
-            if self._down_until:
-                self._down_until = 0.0
-                logger.warning(
-                    "taskcast event store reachable again at %s", self.settings.redis_url
-                )
             self.counters["stored" if seq else "rejected"] += 1
-        return seq or ENDED
+        return seq
+
+    def _store_failed(self, exc: Exception) -> None:
+        """Count, log, and have the background thread retry after the back-off (under _lock)."""
+        now = self.clock()
+        self.counters["failed"] += 1
+        self._retry_at = now + self.backoff
+        self._log_failure(exc, now)
+        self._ensure_flusher()
+        self._wake.notify()
+
+    def _drain(self) -> bool:
+        """Store waiting events oldest first; True once the outbox is empty, False if the
+        store failed again (the event goes back first in line)."""
+        with self._draining:
+            while True:
+                with self._lock:
+                    event = self.outbox.take()
+                    self._inflight = event is not None
+                    if event is None:
+                        break
+                    dropped = self.outbox.take_dropped(event.operation_id)
+                try:
+                    if dropped:
+                        self._append(dropped_warning(event, dropped))
+                        dropped = 0
+                    self._append(event)
+                except (redis.RedisError, OSError) as exc:
+                    with self._lock:
+                        self.outbox.put_back(event)
+                        self.outbox.report_later(event.operation_id, dropped)
+                        self._inflight = False
+                        self._store_failed(exc)
+                    return False
+                with self._lock:
+                    self.counters["retried"] += 1
+        if self._retry_at:
+            self._retry_at = 0.0
+            logger.warning("taskcast event store reachable again at %s", self.settings.redis_url)
+        return True
 
     def _log_failure(self, exc: Exception, now: float) -> None:
         """Log the first failure, then at most one line per LOG_EVERY_SECONDS."""
@@ -197,23 +285,41 @@ class Producer:
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        """Store held-back progress of operations that went quiet, when it falls due."""
+        """Store held-back progress of operations that went quiet, when it falls due, and
+        retry the outbox every back-off interval while events wait there."""
         while True:
             with self._lock:
                 if self._closed:
                     return
-                due_at = self.coalescer.next_due()
-                if due_at is None:
+                waiting = len(self.outbox) > 0
+                wake_at = min(
+                    (at for at in (self.coalescer.next_due(), waiting and self._retry_at) if at),
+                    default=None,
+                )
+                if wake_at is None:
                     self._flusher_idle = True
                     self._wake.wait()
                     self._flusher_idle = False
                     continue
-                delay = due_at - self.clock()
+                delay = wake_at - self.clock()
                 if delay > 0:
                     self._wake.wait(delay)
                     continue
                 due = self.coalescer.due()
             self.flush(due)
+            if waiting and self._retry_at <= self.clock():
+                self._drain()
+
+
+def dropped_warning(event: Event, count: int) -> Event:
+    """The ``log`` event that tells an operation's watchers events were dropped."""
+    message = (
+        f"{count} event(s) of this operation were dropped: the event store was "
+        "unreachable and this process's outbox was full"
+    )
+    return Event(
+        "log", event.operation_id, log_data("warning", message), operation_type=event.operation_type
+    )
 
 
 def _after_fork_in_child() -> None:

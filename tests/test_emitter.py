@@ -181,7 +181,9 @@ def test_quiet_task_gets_its_held_back_progress_flushed_by_the_timer(producer, s
     assert events_of(store, op_id)[-1]["data"]["progress"] == 0.3
 
 
-def test_dead_redis_never_raises_and_backs_off(task_settings: Settings, prefix: str) -> None:
+def test_dead_redis_never_raises_or_blocks_and_keeps_every_event(
+    task_settings: Settings, prefix: str
+) -> None:
     dead = replace(task_settings, redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix)
     producer = Producer(dead, backoff=60.0)
     emitter = Emitter(producer)
@@ -193,13 +195,15 @@ def test_dead_redis_never_raises_and_backs_off(task_settings: Settings, prefix: 
         emitter.emit_completed(op_id)
         assert time.monotonic() - started < 2
         stats = producer.stats()
-        # one failed attempt, then the back-off window drops all but the terminal event
-        assert stats["failed"] == 2 and stats["dropped"] == 52 and stats["stored"] == 0
+        # one failed attempt; everything after it waits behind it, in order
+        assert stats["failed"] == 1 and stats["outbox"] == 52 and stats["dropped"] == 0
     finally:
-        producer.close()
+        producer.close(timeout=0)
 
 
-def test_producer_recovers_when_redis_comes_back(task_settings: Settings, prefix: str) -> None:
+def test_events_queued_while_redis_was_down_are_stored_in_order_when_it_returns(
+    task_settings: Settings, prefix: str
+) -> None:
     class Clock:
         now = 0.0
 
@@ -216,18 +220,15 @@ def test_producer_recovers_when_redis_comes_back(task_settings: Settings, prefix
             server.stop()
             assert producer.emit(Event("progress", "op", progress_data(0.2))) == 0
             server.start()
-            assert producer.emit(Event("progress", "op", progress_data(0.3))) == 0  # backing off
-            clock.now = 1.5
-            assert producer.emit(Event("progress", "op", progress_data(0.4))) == 1
-            assert [e["data"]["progress"] for e in events_of(store, "op")] == [0.4]
-            assert producer.stats() == {
-                "stored": 2,
-                "rejected": 0,
-                "failed": 1,
-                "dropped": 2,
-                "invalid": 0,
-                "coalesced": 0,
-            }
+            assert producer.emit(Event("progress", "op", progress_data(0.3))) == 0  # queued behind
+            assert producer.stats()["outbox"] == 2
+            clock.now = 1.5  # the back-off has passed: the background thread retries
+            wait_for(lambda: producer.stats()["outbox"] == 0, timeout=5)
+            assert producer.emit(Event("progress", "op", progress_data(0.4))) > 0
+            progress = [e["data"]["progress"] for e in events_of(store, "op")]
+            assert progress[-3:] == [0.2, 0.3, 0.4]
+            stats = producer.stats()
+            assert (stats["failed"], stats["retried"], stats["queued"]) == (1, 2, 2)
         finally:
             producer.close()
 

@@ -12,9 +12,12 @@ from taskcast.keys import LiveEvent
 _ids = itertools.count(1)
 
 
-def event(op: str, seq: int, optype: str = "demo.job", size: int = 0) -> LiveEvent:
+def event(
+    op: str, seq: int, optype: str = "demo.job", size: int = 0, epoch: str = ""
+) -> LiveEvent:
     payload = f'{{"operation_id":"{op}","seq":{seq}}}'.encode() + b" " * size
-    return LiveEvent(f"{1700000000000 + next(_ids)}-0".encode(), op, seq, optype, payload)
+    stream_id = f"{1700000000000 + next(_ids)}-0".encode()
+    return LiveEvent(stream_id, op, seq, optype, payload, epoch)
 
 
 def stored(op: str, seq: int) -> tuple[int, bytes]:
@@ -54,13 +57,19 @@ class Recorder:
         ]
 
     def subscribe(
-        self, conn: Connection, op: str, since: int = 0, history=(), last_seq: int | None = None
+        self,
+        conn: Connection,
+        op: str,
+        since: int = 0,
+        history=(),
+        last_seq: int | None = None,
+        epoch: str = "",
     ) -> Subscription:
         sub = self.hub.begin_subscribe(conn, op, since)
         assert sub is not None
         history = list(history)
         last = last_seq if last_seq is not None else (history[-1][0] if history else 0)
-        self.hub.finish_subscribe(conn, sub, b"reply", history, last)
+        self.hub.finish_subscribe(conn, sub, b"reply", history, last, epoch)
         return sub
 
 
@@ -270,3 +279,50 @@ def test_disconnect_forgets_everything_and_is_idempotent() -> None:
 
 def test_stored_at_reads_the_stream_id_milliseconds() -> None:
     assert stored_at(b"1735734005456-3") == pytest.approx(1735734005.456)
+
+
+# Epochs are Redis-clock strings of one width: "e2" is newer than "e1".
+
+
+def test_a_new_epoch_starts_the_subscription_over_with_a_fresh_reply() -> None:
+    r = Recorder()
+    conn = r.connect()
+    sub = r.subscribe(conn, "op", history=[stored("op", 1)], epoch="e1")
+    r.hub.publish([event("op", 2, epoch="e1")])
+    assert r.seqs(conn, "op") == [1, 2]
+    r.hub.publish([event("op", 1, epoch="e2"), event("op", 2, epoch="e2")])
+    assert r.resyncs == [(conn, sub)] and sub.renew and sub.since == 0
+    assert r.drain(conn) == []  # nothing flows until the new epoch's history is read
+    r.hub.finish_subscribe(conn, sub, b"renewed", [stored("op", 1)], 1, "e2")
+    assert r.drain(conn)[0] == b"renewed"
+    assert not sub.renew and sub.epoch == "e2" and sub.last_seq == 2
+
+
+def test_events_of_an_older_epoch_still_in_the_tail_are_dropped() -> None:
+    r = Recorder()
+    conn = r.connect()
+    r.subscribe(conn, "op", epoch="e2")
+    r.drain(conn)
+    r.hub.publish([event("op", 7, epoch="e1"), event("op", 1, epoch="e2")])
+    assert r.seqs(conn, "op") == [1] and r.resyncs == []
+
+
+def test_history_read_in_an_epoch_that_ended_meanwhile_is_read_again() -> None:
+    r = Recorder()
+    conn = r.connect()
+    sub = r.hub.begin_subscribe(conn, "op", 0)
+    assert sub is not None
+    r.hub.publish([event("op", 4, epoch="e1"), event("op", 1, epoch="e2")])
+    r.hub.finish_subscribe(conn, sub, b"reply", [stored("op", 1), stored("op", 2)], 3, "e1")
+    assert r.resyncs == [(conn, sub)] and sub.renew and r.drain(conn) == []
+    assert conn.queued_bytes == 0
+
+
+def test_an_operation_unknown_at_subscribe_takes_the_epoch_of_its_first_events() -> None:
+    r = Recorder()
+    conn = r.connect()
+    sub = r.hub.begin_subscribe(conn, "op", 0)
+    assert sub is not None
+    r.hub.publish([event("op", 9, epoch="e1"), event("op", 1, epoch="e2")])
+    r.hub.finish_subscribe(conn, sub, b"reply", [], 0, "")
+    assert sub.epoch == "e2" and r.seqs(conn, "op") == [1]

@@ -23,8 +23,9 @@ def test_append_assigns_seq_and_stores_protocol_json(store: EventStore) -> None:
     history = store.history("op1")
     assert [seq for seq, _ in history] == [1, 2, 3]
     event = orjson.loads(history[2][1])
-    assert set(event) == {"event_type", "operation_id", "seq", "timestamp", "data"}
+    assert set(event) == {"event_type", "operation_id", "seq", "epoch", "timestamp", "data"}
     assert event["seq"] == 3 and event["operation_id"] == "op1"
+    assert event["epoch"] == store.snapshot("op1")["epoch"]
     assert event["data"] == {
         "progress": 0.75,
         "message": "m",
@@ -38,6 +39,7 @@ def test_append_assigns_seq_and_stores_protocol_json(store: EventStore) -> None:
         ("op1", 2, "demo.job"),
         ("op1", 3, "demo.job"),
     ]
+    assert {e.epoch for e in live} == {event["epoch"]}
     assert live[2].payload == history[2][1]
 
 
@@ -116,3 +118,31 @@ def test_history_after_since(store: EventStore) -> None:
         store.append(Event("progress", "op", progress_data(i / 5)))
     assert [seq for seq, _ in store.history("op", since=3)] == [4, 5]
     assert store.history("op", since=5) == []
+
+
+def test_a_history_redis_lost_starts_a_new_later_epoch(store: EventStore) -> None:
+    """Redis restarted empty while the task kept emitting: seqs begin again, in a new epoch."""
+    for name in ("queued", "running"):
+        store.append(status("op", name))
+    first = store.snapshot("op")["epoch"]
+    store.client.delete(store.keys.snapshot("op"), store.keys.history("op"))
+    assert store.append(Event("progress", "op", progress_data(0.5))) == 1
+    second = store.snapshot("op")["epoch"]
+    assert second != first and len(second) == len(first) and second > first
+    assert [orjson.loads(e)["epoch"] for _, e in store.history("op")] == [second]
+
+
+def test_a_store_gone_back_in_time_does_not_hand_out_a_seq_twice(store: EventStore) -> None:
+    """Redis came back from an older snapshot: this writer had seq 3, the store says 1."""
+    for name in ("queued", "running", "step"):
+        store.append(status("op", name))
+    first = store.snapshot("op")["epoch"]
+    store.client.hset(store.keys.snapshot("op"), "last_seq", 1)
+    store.client.xtrim(store.keys.history("op"), maxlen=1)
+    assert store.append(status("op", "later")) == 1
+    snapshot = store.snapshot("op")
+    assert snapshot["epoch"] > first and snapshot["status"] == "later"
+    assert [orjson.loads(e)["data"]["status"] for _, e in store.history("op")] == ["later"]
+    other_writer = EventStore(store.client, prefix=store.keys.prefix)
+    assert other_writer.append(status("op", "more")) == 2  # no ledger: no new epoch
+    assert store.snapshot("op")["epoch"] == snapshot["epoch"]

@@ -97,6 +97,9 @@ class Settings:
     emit_timeout: float = 0.5
     send_traceback: bool = False
     heartbeat_interval: float = 10.0
+    outbox_events: int = 10_000
+    shutdown_timeout: float = 5.0
+    max_redeliveries: int = 3
     result_expires: int = 86400
     host: str = "127.0.0.1"
     port: int = 8765
@@ -132,6 +135,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "emit_timeout": ("TASKCAST_EMIT_TIMEOUT", _float(0.001)),
     "send_traceback": ("TASKCAST_SEND_TRACEBACK", _bool),
     "heartbeat_interval": ("TASKCAST_HEARTBEAT_INTERVAL", _float(0.0)),
+    "outbox_events": ("TASKCAST_OUTBOX_EVENTS", _int(1)),
+    "shutdown_timeout": ("TASKCAST_SHUTDOWN_TIMEOUT", _float(0.0)),
+    "max_redeliveries": ("TASKCAST_MAX_REDELIVERIES", _int(0)),
     "result_expires": ("TASKCAST_RESULT_EXPIRES", _int(1)),
     "host": ("TASKCAST_HOST", str),
     "port": ("TASKCAST_PORT", _int(0, 65535)),

@@ -35,6 +35,7 @@
  * @property {string} event_type `connected`, `status`, `progress`, `log`, `result`, `completed` or `error`.
  * @property {string} operation_id The operation (Celery task id); `"system"` for `connected`.
  * @property {number} [seq] Per-operation sequence number, from 1; absent on `connected`.
+ * @property {string} [epoch] The history epoch `seq` counts in; seqs start over with a new one.
  * @property {number} timestamp Seconds since the epoch when the event was produced.
  * @property {object} data Event-specific payload.
  */
@@ -44,6 +45,7 @@
  * @typedef {object} Subscription
  * @property {string} operationId The operation it follows.
  * @property {number} [since] The `since` the caller asked for (undefined: the whole history).
+ * @property {string} [epoch] The history epoch the caller's `since` counts in, if given.
  * @property {boolean} confirmed Whether the server has accepted it; from then on it resumes from the ledger.
  * @property {number} retries `unavailable` refusals in a row, for the backoff before asking again.
  */
@@ -167,21 +169,26 @@ export function resumeSince(subscription, lastDelivered) {
 }
 
 /**
- * A `subscribe` command; `since` is left out when there is nothing to skip.
+ * A `subscribe` command; `since` is left out when there is nothing to skip, and
+ * `epoch` (the history epoch `since` counts in) is sent with it when known.
  * @param {string} operationId
  * @param {number} [since]
+ * @param {string} [epoch]
  * @returns {object}
  */
-export function subscribeCommand(operationId, since) {
-  return since > 0
-    ? { command: 'subscribe', operation_id: operationId, since }
-    : { command: 'subscribe', operation_id: operationId };
+export function subscribeCommand(operationId, since, epoch) {
+  if (!(since > 0)) return { command: 'subscribe', operation_id: operationId };
+  return epoch
+    ? { command: 'subscribe', operation_id: operationId, since, epoch }
+    : { command: 'subscribe', operation_id: operationId, since };
 }
 
 /**
- * Last delivered `seq` per operation: the client delivers an event only if
- * its seq is above that, so nothing is delivered twice, and resumes ask for
- * exactly what follows it.
+ * Last delivered `seq` per operation, and the history epoch it counts in: the
+ * client delivers an event only if its seq is above that, so nothing is
+ * delivered twice, and resumes ask for exactly what follows it. seqs start
+ * over with a new epoch (Redis lost the history), so an event of another
+ * epoch starts the operation's count again instead of being taken for old.
  */
 export class SeqLedger {
   #last = new Map();
@@ -191,7 +198,15 @@ export class SeqLedger {
    * @returns {number} The last seq delivered for the operation, 0 if none.
    */
   last(operationId) {
-    return this.#last.get(operationId) ?? 0;
+    return this.#last.get(operationId)?.seq ?? 0;
+  }
+
+  /**
+   * @param {string} operationId
+   * @returns {string|undefined} The epoch of the last delivered seq, if known.
+   */
+  epoch(operationId) {
+    return this.#last.get(operationId)?.epoch;
   }
 
   /**
@@ -202,18 +217,23 @@ export class SeqLedger {
    */
   accept(event) {
     if (typeof event.seq !== 'number') return true;
-    if (event.seq <= this.last(event.operation_id)) return false;
-    this.#last.set(event.operation_id, event.seq);
+    const known = this.#last.get(event.operation_id);
+    const epoch = event.epoch ?? known?.epoch;
+    const sameEpoch = !known?.epoch || !event.epoch || known.epoch === event.epoch;
+    if (sameEpoch && event.seq <= (known?.seq ?? 0)) return false;
+    this.#last.set(event.operation_id, { seq: event.seq, epoch });
     return true;
   }
 
   /**
-   * Restarts an operation at `since`, for a subscription that asked for history again.
+   * Restarts an operation at `since` of `epoch`, for a subscription that asked
+   * for history again or was told its epoch changed.
    * @param {string} operationId
    * @param {number} [since]
+   * @param {string} [epoch]
    */
-  reset(operationId, since = 0) {
-    this.#last.set(operationId, since);
+  reset(operationId, since = 0, epoch = undefined) {
+    this.#last.set(operationId, { seq: since, epoch });
   }
 
   /** @param {string} operationId */
@@ -377,12 +397,16 @@ export class TaskcastClient {
    * the bridge answers `unavailable` (Redis unreachable) it is retried, and
    * the promise waits: it settles with the first other reply.
    * @param {string} operationId
-   * @param {{since?: number}} [options]
+   * `epoch` is the history epoch `since` counts in (the `epoch` of the
+   * snapshot or of the events the caller had): if the operation's history has
+   * a new epoch, the server replays all of it with `recovered: false`.
+   * @param {string} operationId
+   * @param {{since?: number, epoch?: string}} [options]
    * @returns {Promise<object>} The `subscribed` reply (`operation` snapshot or null, `recovered`, `replayed`).
    */
-  subscribe(operationId, { since } = {}) {
+  subscribe(operationId, { since, epoch } = {}) {
     cancelWaiter(this.#subscriptions.get(operationId), 'replaced by a new subscribe()');
-    const subscription = { operationId, since, confirmed: false, retries: 0 };
+    const subscription = { operationId, since, epoch, confirmed: false, retries: 0 };
     this.#subscriptions.set(operationId, subscription);
     return this.#establish(subscription);
   }
@@ -600,6 +624,10 @@ export class TaskcastClient {
       this.#deliver(frame);
       return;
     }
+    if (frame.request_id === undefined && frame.status === 'subscribed') {
+      this.#renewed(frame);
+      return;
+    }
     const pending = this.#pending.get(frame.request_id);
     if (!pending) return;
     this.#pending.delete(frame.request_id);
@@ -607,7 +635,7 @@ export class TaskcastClient {
       pending.reject(Object.assign(codedError(frame.code, frame.message), { reply: frame }));
       return;
     }
-    this.#confirm(pending.entry, frame.operation_id);
+    this.#confirm(pending.entry, frame);
     pending.resolve(frame);
   }
 
@@ -706,7 +734,9 @@ export class TaskcastClient {
   /** The command that (re)establishes a subscription, resuming from the ledger once confirmed. */
   #commandFor(entry) {
     if (entry === this.#monitor) return monitorCommand(entry.operationType);
-    return subscribeCommand(entry.operationId, resumeSince(entry, this.#ledger.last(entry.operationId)));
+    const { operationId } = entry;
+    const epoch = entry.confirmed ? this.#ledger.epoch(operationId) : entry.epoch;
+    return subscribeCommand(operationId, resumeSince(entry, this.#ledger.last(operationId)), epoch);
   }
 
   /** Whether `entry` is still wanted: not unsubscribed or replaced since it was sent. */
@@ -763,10 +793,24 @@ export class TaskcastClient {
   }
 
   /** A subscription's reply: an explicit subscribe restarts the ledger where it asked. */
-  #confirm(entry, operationId) {
+  #confirm(entry, reply) {
+    const operationId = reply.operation_id;
     if (entry?.confirmed !== false || this.#subscriptions.get(operationId) !== entry) return;
-    this.#ledger.reset(operationId, entry.since);
+    const epoch = reply.operation?.epoch ?? entry.epoch;
+    const sameEpoch = !entry.epoch || epoch === entry.epoch;
+    this.#ledger.reset(operationId, sameEpoch ? entry.since : 0, epoch);
     entry.confirmed = true;
+  }
+
+  /**
+   * An unasked `subscribed` reply: the operation's history began a new epoch
+   * (Redis lost it); its whole new history follows, so the ledger starts over.
+   * Reported as `'resumed'`, with `recovered: false`.
+   */
+  #renewed(frame) {
+    if (!this.#subscriptions.has(frame.operation_id)) return;
+    this.#ledger.reset(frame.operation_id, 0, frame.operation?.epoch);
+    this.#emit('resumed', frame);
   }
 
   /** A refused subscription is not kept, so reconnects do not repeat it. */

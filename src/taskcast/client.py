@@ -103,14 +103,24 @@ class _Watcher:
     taking them would make it drop the older events its own replay brings.
     """
 
-    def __init__(self, since: int) -> None:
+    def __init__(self, since: int, epoch: str | None) -> None:
         self.queue: _Queue = asyncio.Queue()
         self.last_seq = since
+        self.epoch = epoch
         self.active = False
 
+    def adopt(self, epoch: str | None) -> None:
+        """Count in ``epoch`` from now on; seqs of another epoch start over from 0."""
+        if epoch and self.epoch and epoch != self.epoch:
+            self.last_seq = 0
+        self.epoch = epoch or self.epoch
+
     def accept(self, event: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        self.adopt(event.get("epoch"))
         seq = event.get("seq", 0)
-        if self.active and seq > self.last_seq:
+        if seq > self.last_seq:
             self.last_seq = seq
             self.queue.put_nowait(event)
 
@@ -126,13 +136,18 @@ class _Monitor:
 
     def __init__(self) -> None:
         self.queue: _Queue = asyncio.Queue()
-        self.seen: OrderedDict[str, int] = OrderedDict()
+        self.seen: OrderedDict[str, tuple[str | None, int]] = OrderedDict()
 
     def accept(self, event: dict[str, Any]) -> None:
-        operation_id, seq = event.get("operation_id", ""), event.get("seq", 0)
-        if seq <= self.seen.get(operation_id, 0):
+        operation_id, seq, epoch = (
+            event.get("operation_id", ""),
+            event.get("seq", 0),
+            event.get("epoch"),
+        )
+        seen_epoch, seen_seq = self.seen.get(operation_id, (epoch, 0))
+        if seq <= seen_seq and epoch == seen_epoch:
             return
-        self.seen[operation_id] = seq
+        self.seen[operation_id] = (epoch, seq)
         self.seen.move_to_end(operation_id)
         if len(self.seen) > self.REMEMBERED:
             self.seen.popitem(last=False)
@@ -157,6 +172,18 @@ class _Subscription:
     @property
     def since(self) -> int:
         return min((watcher.last_seq for watcher in self.watchers), default=0)
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch ``since`` counts in (watchers of one connection share it)."""
+        return next((watcher.epoch for watcher in self.watchers if watcher.epoch), None)
+
+    def renew(self, reply: dict[str, Any]) -> None:
+        """Take a subscribe reply's snapshot: its epoch may start the watchers' counts over."""
+        self.snapshot = reply.get("operation")
+        epoch = (self.snapshot or {}).get("epoch")
+        for watcher in self.watchers:
+            watcher.adopt(epoch)
 
     def accept(self, event: dict[str, Any]) -> None:
         for watcher in self.watchers:
@@ -272,9 +299,13 @@ class TaskcastClient:
         return await self.request("ping")
 
     async def watch(
-        self, operation_id: str, since: int = 0
+        self, operation_id: str, since: int = 0, epoch: str | None = None
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Every event of the operation after ``since``, ending after its terminal event.
+
+        ``epoch`` is the history epoch ``since`` counts in (an event's or the
+        snapshot's ``epoch``): if the history began a new one since (Redis lost
+        it), the watch gets the new epoch's events from its start.
 
         If the operation already finished and no event follows ``since`` (the
         history expired, or ``since`` is its last seq), the iterator ends after
@@ -284,7 +315,7 @@ class TaskcastClient:
         ``max_reconnect_time``), so that is never mistaken for the end.
         """
         sub = self._subs.setdefault(operation_id, _Subscription())
-        watcher = _Watcher(since)
+        watcher = _Watcher(since, epoch)
         sub.watchers.append(watcher)
         try:
             try:
@@ -350,6 +381,8 @@ class TaskcastClient:
             fields: dict[str, Any] = {"operation_id": operation_id}
             if sub.since:
                 fields["since"] = sub.since
+                if sub.epoch:
+                    fields["epoch"] = sub.epoch
             newcomers = [watcher for watcher in sub.watchers if not watcher.active]
 
             def activate(reply: dict[str, Any]) -> None:
@@ -357,7 +390,7 @@ class TaskcastClient:
                     watcher.active = reply.get("status") != "error"
 
             reply = await self._request("subscribe", fields, activate)
-        sub.snapshot = reply.get("operation")
+        sub.renew(reply)
         # Finished with nothing replayed: the terminal event is either expired or
         # one the watchers already had (their since is the last seq); none will come.
         snapshot = sub.snapshot or {}
@@ -502,6 +535,11 @@ class TaskcastClient:
             await asyncio.sleep(backoff_delay(attempt))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("status") == "subscribed" and message.get("request_id") is None:
+            renewed = self._subs.get(message.get("operation_id", ""))
+            if renewed is not None:  # a new epoch: its whole history follows
+                renewed.renew(message)
+            return
         if "event_type" not in message:
             entry = self._pending.get(message.get("request_id"))  # type: ignore[arg-type]
             if entry is not None and not entry[0].done():
@@ -556,9 +594,11 @@ class SyncClient:
         finally:
             self._run(iterator.aclose())
 
-    def watch(self, operation_id: str, since: int = 0) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, operation_id: str, since: int = 0, epoch: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Blocking :meth:`TaskcastClient.watch`."""
-        return self._iterate(self._client.watch(operation_id, since))
+        return self._iterate(self._client.watch(operation_id, since, epoch))
 
     def monitor(self, operation_type: str | None = None) -> Iterator[dict[str, Any]]:
         """Blocking :meth:`TaskcastClient.monitor`."""

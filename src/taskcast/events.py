@@ -41,12 +41,17 @@ class Event:
     timestamp: float = field(default_factory=time.time)
     operation_type: str | None = None
     metadata: dict[str, Any] | None = None
+    # A status that reopens an operation that ended, whatever the status: a task
+    # redelivered after its worker died (and was swept ``lost``) runs again.
+    reopens: bool = False
 
     @property
     def kind(self) -> bytes:
         if self.event_type in TERMINAL_EVENT_TYPES:
             return KIND_TERMINAL
-        if self.event_type == "status" and self.data.get("status") in REOPENING_STATUSES:
+        if self.reopens or (
+            self.event_type == "status" and self.data.get("status") in REOPENING_STATUSES
+        ):
             return KIND_REOPEN
         return KIND_NORMAL
 

@@ -35,6 +35,7 @@ _INTERNAL_FIELDS = frozenset({"terminal", "created_at"})
 SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "operation_id": None,
     "operation_type": None,
+    "epoch": None,
     "status": "queued",
     "progress": 0.0,
     "message": "",
@@ -101,6 +102,7 @@ class LiveEvent:
     seq: int
     operation_type: str
     payload: bytes
+    epoch: str = ""
 
 
 def decode_snapshot(raw: Mapping[bytes, bytes]) -> dict[str, Any] | None:
@@ -125,6 +127,7 @@ def decode_live(entries: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> list[
             seq=int(fields[b"s"]),
             operation_type=fields[b"t"].decode(),
             payload=fields[b"e"],
+            epoch=fields.get(b"p", b'""')[1:-1].decode(),
         )
         for stream_id, fields in entries
     ]

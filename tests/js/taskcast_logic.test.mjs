@@ -106,6 +106,17 @@ describe('SeqLedger', () => {
     ledger.forget('a');
     assert.equal(ledger.last('a'), 0);
   });
+
+  test('a new epoch starts the count over instead of looking like old events', () => {
+    const ledger = new SeqLedger();
+    const inEpoch = (seq, epoch) => ({ ...event('a', seq), epoch });
+    assert.ok(ledger.accept(inEpoch(56, 'e1')));
+    assert.equal(ledger.epoch('a'), 'e1');
+    assert.ok(ledger.accept(inEpoch(1, 'e2')), 'seq 1 of a new epoch is news');
+    assert.ok(!ledger.accept(inEpoch(1, 'e2')));
+    assert.ok(ledger.accept(inEpoch(2, 'e2')));
+    assert.deepEqual([ledger.last('a'), ledger.epoch('a')], [2, 'e2']);
+  });
 });
 
 describe('resuming subscriptions', () => {
@@ -123,6 +134,10 @@ describe('resuming subscriptions', () => {
     assert.deepEqual(subscribeCommand('op', 12), { command: 'subscribe', operation_id: 'op', since: 12 });
     assert.deepEqual(subscribeCommand('op', 0), { command: 'subscribe', operation_id: 'op' });
     assert.deepEqual(subscribeCommand('op'), { command: 'subscribe', operation_id: 'op' });
+    assert.deepEqual(subscribeCommand('op', 12, 'e1'), {
+      command: 'subscribe', operation_id: 'op', since: 12, epoch: 'e1',
+    });
+    assert.deepEqual(subscribeCommand('op', 0, 'e1'), { command: 'subscribe', operation_id: 'op' });
   });
 
   test('a reconnect in the middle of a stream asks for exactly what follows', () => {
