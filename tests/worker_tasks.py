@@ -11,6 +11,7 @@ registered with it as well.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -104,6 +105,25 @@ def sleep_unacked(self: ProgressTask, seconds: float = 30.0) -> float:
     self.status("processing", "about to sleep")
     time.sleep(seconds)
     return seconds
+
+
+@app.task(bind=True, base=ProgressTask, name="test.numbered")
+def numbered(self: ProgressTask, lines: int = 100, delay: float = 0.05) -> int:
+    """Log lines "1" to ``lines``: a watcher can tell exactly which ones it missed."""
+    for number in range(1, lines + 1):
+        self.log("info", str(number))
+        time.sleep(delay)
+    return lines
+
+
+@app.task(bind=True, base=ProgressTask, name="test.finish_when")
+def finish_when(self: ProgressTask, path: str, timeout: float = 60.0) -> str:
+    """Run until the file at ``path`` exists, so a test chooses the moment it finishes."""
+    self.status("waiting", f"for {path}")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path
 
 
 @app.task(name="test.unserializable")

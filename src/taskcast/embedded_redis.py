@@ -37,15 +37,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedRedis:
-    """A throw-away Redis server: no persistence, its own directory, killed on stop.
+    """A throw-away Redis server in its own directory, stopped with SIGTERM.
 
     ``port`` may be given to restart a server on the port it had before (the
-    tests use that to simulate an outage).
+    tests use that to simulate an outage). Without ``persistent`` it keeps
+    nothing, so a restart comes back empty; with it, every write goes to an
+    append-only file first, so a restart comes back with all the data.
     """
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, persistent: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.binary = binary or redis_server_binary()
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="taskcast-redis-")
 
@@ -64,7 +69,9 @@ class EmbeddedRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             self._dir.name,
             "--daemonize",
