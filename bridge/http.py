@@ -177,7 +177,8 @@ class HttpRoutes:
                 return json_response(200, {"status": "ready"})
             return error_response(503, UNAVAILABLE, "event store (Redis) is unreachable")
         if path == "/metrics":
-            return response(200, bridge.metrics.render(), bridge.metrics.content_type)
+            producers = await bridge.producer_totals()
+            return response(200, bridge.metrics.render(producers), bridge.metrics.content_type)
         if path == "/api/stats":
             return json_response(200, {"stats": await bridge.stats()})
         if path == "/api/operations":

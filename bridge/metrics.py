@@ -34,6 +34,18 @@ _COUNTERS = {
     "slow_consumer_disconnects": "Connections closed with 4008 for falling behind",
     "connections_total": "WebSocket connections accepted",
 }
+# Counters each worker process's producer reports (taskcast.tasks.producer), summed.
+PRODUCER_COUNTERS = {
+    "stored": "stored",
+    "rejected": "refused by the store: their operation had ended",
+    "failed": "store attempts that failed (each failed event waits in the outbox)",
+    "invalid": "dropped: their data could not be encoded as JSON",
+    "coalesced": "progress merged into a later value by coalescing",
+    "queued": "put in the outbox because the store was unreachable or busy draining it",
+    "retried": "stored from the outbox",
+    "merged": "progress merged away in a full outbox",
+    "dropped": "dropped from a full outbox (each reported in its operation's history)",
+}
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -77,6 +89,7 @@ class _HubCollector(Collector):
         self._stats = stats
         self._redis_up = redis_up
         self._lag = lag
+        self.producers: Mapping[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
@@ -90,6 +103,25 @@ class _HubCollector(Collector):
             value=1 if self._redis_up() else 0,
         )
         yield self._lag.metric()
+        events = CounterMetricFamily(
+            "taskcast_producer_events",
+            "Events of worker processes' producers, by outcome (summed over the processes "
+            "that reported within the history TTL)",
+            labels=["outcome"],
+        )
+        for name in PRODUCER_COUNTERS:
+            events.add_metric([name], self.producers.get(name, 0))
+        yield events
+        yield GaugeMetricFamily(
+            "taskcast_producer_outbox_events",
+            "Events waiting in worker processes' outboxes for the store, at their last report",
+            value=self.producers.get("outbox", 0),
+        )
+        yield GaugeMetricFamily(
+            "taskcast_producer_processes",
+            "Worker processes whose producer reported its counters",
+            value=self.producers.get("processes", 0),
+        )
 
 
 class BridgeMetrics:
@@ -102,7 +134,10 @@ class BridgeMetrics:
     ) -> None:
         self.delivery_lag = LagHistogram()
         self.registry = CollectorRegistry()
-        self.registry.register(_HubCollector(stats, redis_up, self.delivery_lag))
+        self._collector = _HubCollector(stats, redis_up, self.delivery_lag)
+        self.registry.register(self._collector)
 
-    def render(self) -> bytes:
+    def render(self, producers: Mapping[str, int] | None = None) -> bytes:
+        """The metrics, with the producer counters read from the store for this scrape."""
+        self._collector.producers = producers or {}
         return generate_latest(self.registry)

@@ -27,6 +27,7 @@ from taskcast.keys import (
     decode_snapshot,
     history_start,
     matches_status,
+    producer_totals,
 )
 
 log = logging.getLogger("taskcast.bridge")
@@ -107,6 +108,10 @@ class StoreReader:
             found.extend(s for s in snapshots if matches_status(s, status))
             start += page
         return found[:limit]
+
+    async def producer_totals(self) -> dict[str, int]:
+        """The counters every worker process's producer reported, summed (see keys)."""
+        return producer_totals(await self.client.hgetall(self.keys.producers))
 
     async def operation_counts(self) -> tuple[int, int]:
         """``(active, total)`` stored operations, for ``get_stats``: two counts, no scan.

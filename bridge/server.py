@@ -606,6 +606,13 @@ class Bridge:
         )
         return stats
 
+    async def producer_totals(self) -> dict[str, int]:
+        """Worker processes' producer counters for /metrics; none while Redis is down."""
+        try:
+            return await self.reader.producer_totals()
+        except STORE_ERRORS:
+            return {}
+
     async def _operation_counts(self) -> tuple[int, int]:
         """Counts cached for a second: many dashboards polling must not each scan the index."""
         now = time.monotonic()

@@ -18,8 +18,10 @@ same thread flushes values held back when a task goes quiet.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -40,6 +42,7 @@ from taskcast.worker_config import Settings
 logger = logging.getLogger("taskcast.producer")
 
 BACKOFF_SECONDS = 1.0
+REPORT_SECONDS = 10.0  # between counter reports when heartbeats are off
 LOG_EVERY_SECONDS = 10.0
 LOCK_STRIPES = 64
 
@@ -74,6 +77,7 @@ class Producer:
         self._retry_at = 0.0
         self._last_log = float("-inf")
         self._unlogged_failures = 0
+        self._next_report = 0.0
         self._closed = False
         self._reset_threading()
         _live_producers.add(self)
@@ -220,7 +224,20 @@ class Producer:
             return 0
         with self._lock:
             self.counters["stored" if seq else "rejected"] += 1
+        self._report()
         return seq
+
+    def _report(self) -> None:
+        """Every heartbeat interval at most, and only while the store answers, write this
+        process's counters where bridges read them for ``/metrics``; never raises."""
+        now = self.clock()
+        if now < self._next_report:
+            return
+        self._next_report = now + (self.settings.heartbeat_interval or REPORT_SECONDS)
+        report = {**self.stats(), "at": time.time()}
+        field = f"{socket.gethostname()}:{os.getpid()}"
+        with contextlib.suppress(redis.RedisError, OSError):
+            self.store.client.hset(self.store.keys.producers, field, orjson.dumps(report))
 
     def _store_failed(self, exc: Exception) -> None:
         """Count, log, and have the background thread retry after the back-off (under _lock)."""

@@ -12,9 +12,7 @@ from taskcast.keys import LiveEvent
 _ids = itertools.count(1)
 
 
-def event(
-    op: str, seq: int, optype: str = "demo.job", size: int = 0, epoch: str = ""
-) -> LiveEvent:
+def event(op: str, seq: int, optype: str = "demo.job", size: int = 0, epoch: str = "") -> LiveEvent:
     payload = f'{{"operation_id":"{op}","seq":{seq}}}'.encode() + b" " * size
     stream_id = f"{1700000000000 + next(_ids)}-0".encode()
     return LiveEvent(stream_id, op, seq, optype, payload, epoch)

@@ -92,6 +92,11 @@ class Keys:
     def worker_starts(self) -> str:
         return f"{self.prefix}workers:started"
 
+    @property
+    def producers(self) -> str:
+        """Hash: ``host:pid`` -> JSON counters of that process's producer (and ``at``)."""
+        return f"{self.prefix}producers"
+
 
 @dataclass(frozen=True)
 class LiveEvent:
@@ -116,6 +121,16 @@ def decode_snapshot(raw: Mapping[bytes, bytes]) -> dict[str, Any] | None:
             snapshot[name] = orjson.loads(value)
     snapshot["event_count"] = snapshot["last_seq"]
     return snapshot
+
+
+def producer_totals(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    """The producer reports of every process, summed per counter, plus ``processes``."""
+    totals: dict[str, int] = {"processes": len(raw)}
+    for report in raw.values():
+        for name, value in orjson.loads(report).items():
+            if name != "at":
+                totals[name] = totals.get(name, 0) + int(value)
+    return totals
 
 
 def decode_live(entries: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> list[LiveEvent]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from typing import cast
 
+import orjson
+
 from taskcast.events import Event, error_data
 from taskcast.store import EventStore
 
@@ -46,6 +48,7 @@ def sweep_lost(
     now = time.time() if now is None else now
     workers = store.keys.workers
     store.client.zremrangebyscore(workers, "-inf", now - store.history_ttl)
+    forget_silent_producers(store, now - store.history_ttl)
     beats = {
         name.decode(): score
         for name, score in cast(
@@ -72,6 +75,14 @@ def sweep_lost(
         if store.append(event):
             ended.append(snapshot["operation_id"])
     return ended
+
+
+def forget_silent_producers(store: EventStore, before: float) -> None:
+    """Drop counter reports of processes that last reported before ``before`` (gone)."""
+    reports = cast("dict[bytes, bytes]", store.client.hgetall(store.keys.producers))
+    silent = [name for name, report in reports.items() if orjson.loads(report)["at"] < before]
+    if silent:
+        store.client.hdel(store.keys.producers, *silent)
 
 
 def lost_because(

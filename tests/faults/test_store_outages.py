@@ -9,6 +9,8 @@ from pathlib import Path
 from bridge_helpers import RestartableBridge, WsClient
 from helpers import events_of, summary, wait_finished, wait_for
 
+from taskcast.keys import producer_totals
+
 LINES = 200
 DELAY = 0.04  # about 8 s of work
 
@@ -20,7 +22,7 @@ def gap_free(events: list[dict]) -> bool:
 def test_store_stopped_5s_mid_task_then_back_with_its_data_loses_nothing(
     stack_factory, worker_process, task_app
 ) -> None:
-    stack = stack_factory(persistent=True)
+    stack = stack_factory(persistent=True, heartbeat_interval=1.0)  # reports every second
     worker = worker_process(settings=stack.settings)
     result = task_app.send_task(
         "test.numbered", kwargs={"lines": LINES, "delay": DELAY}, queue=worker.queue
@@ -35,6 +37,16 @@ def test_store_stopped_5s_mid_task_then_back_with_its_data_loses_nothing(
     assert snapshot["status"] == "completed" and gap_free(events)
     assert stack.logged_lines(result.id) == list(range(1, LINES + 1))
     assert len({event["epoch"] for event in events}) == 1
+    # The worker's pool child counted the outage in the counters bridges export.
+    totals = wait_for(
+        lambda: (
+            (t := producer_totals(stack.store.client.hgetall(stack.store.keys.producers)))
+            and t.get("retried", 0) >= 50
+            and t
+        ),
+        timeout=10,
+    )
+    assert totals["failed"] >= 1 and totals["dropped"] == 0 and totals["outbox"] == 0
 
 
 def test_store_stopped_as_the_task_finishes_still_ends_completed(
