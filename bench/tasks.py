@@ -25,7 +25,14 @@ app = Celery("taskcast_bench")
 app.conf.update(celery_config(load_settings()))
 instrument(app)
 
-__all__ = ["app", "emit_progress", "progress_cost", "update_state_cost", "update_state_progress"]
+__all__ = [
+    "app",
+    "emit_progress",
+    "progress_cost",
+    "soak_job",
+    "update_state_cost",
+    "update_state_progress",
+]
 
 
 def _paced(count: int, rate: float, start_at: float, emit: Callable[[int], None]) -> dict:
@@ -89,3 +96,12 @@ def update_state_cost(self: Task, calls: int) -> dict[str, Any]:
     return _cost(
         calls, lambda i: self.update_state(state="PROGRESS", meta={"current": i, "total": calls})
     )
+
+
+@app.task(bind=True, base=ProgressTask, name="bench.soak_job")
+def soak_job(self: ProgressTask, steps: int, delay: float) -> int:
+    """The soak's unit of work: ``steps`` progress reports ``delay`` apart."""
+    for step in range(1, steps + 1):
+        time.sleep(delay)
+        self.progress(current=step, total=steps)
+    return steps

@@ -11,7 +11,7 @@ import pytest
 from helpers import events_of, summary, wait_for
 
 from taskcast.embedded_redis import EmbeddedRedis, free_port
-from taskcast.events import Event, progress_data
+from taskcast.events import Event, log_data, progress_data
 from taskcast.store import EventStore
 from taskcast.tasks import AsyncEmitter, Emitter, StreamingMixin
 from taskcast.tasks.producer import Producer
@@ -231,6 +231,31 @@ def test_events_queued_while_redis_was_down_are_stored_in_order_when_it_returns(
             assert (stats["failed"], stats["retried"], stats["queued"]) == (1, 2, 2)
         finally:
             producer.close()
+
+
+def test_a_full_outbox_drops_the_oldest_logs_and_says_so_in_the_history(
+    task_settings: Settings, prefix: str
+) -> None:
+    with EmbeddedRedis() as server:
+        settings = replace(task_settings, redis_url=server.url, prefix=prefix, outbox_events=10)
+        producer = Producer(settings, backoff=0.05)
+        store = EventStore(producer.store.client, prefix=prefix)
+        try:
+            server.stop()
+            for number in range(30):
+                producer.emit(Event("log", "op", log_data("info", str(number))))
+            producer.emit(Event("completed", "op", {}))
+            server.start()
+            wait_for(lambda: producer.stats()["outbox"] == 0, timeout=10)
+        finally:
+            producer.close()
+        events = events_of(store, "op")
+        warning, *kept = events
+        assert warning["data"]["level"] == "warning" and "event(s)" in warning["data"]["message"]
+        dropped = int(warning["data"]["message"].split()[0])
+        assert dropped == producer.stats()["dropped"] == 31 - len(kept)
+        lines = [int(e["data"]["message"]) for e in kept if e["event_type"] == "log"]
+        assert lines == list(range(30 - len(lines), 30)) and kept[-1]["event_type"] == "completed"
 
 
 def test_the_flush_timer_never_stores_a_held_value_after_a_later_event(
