@@ -31,6 +31,15 @@ TESTS_DIR = Path(__file__).resolve().parent
 ROOT_DIR = TESTS_DIR.parent
 
 
+class ManualClock:
+    """A monotonic clock that moves only when a test sets ``now``."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_for(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -69,6 +78,11 @@ INSTRUMENTED_SUMMARY = [
     "result",
     "completed",
 ]
+
+
+def gap_free(events: list[dict[str, Any]]) -> bool:
+    """Whether the events' seqs are exactly 1, 2, 3, ... (none skipped, none twice)."""
+    return [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
 
 def summary(events: list[dict[str, Any]]) -> list[str]:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import replace
 
 from bridge_helpers import http_get
+from helpers import ManualClock
 
 from taskcast.bridge.metrics import LAG_BUCKETS, LagHistogram
 from taskcast.events import Event, log_data
@@ -38,13 +39,7 @@ def test_a_lag_on_a_bound_counts_in_that_bucket_and_buckets_are_cumulative() -> 
 async def test_metrics_show_the_counters_a_worker_process_reported(
     bridge, task_settings, prefix: str
 ) -> None:
-    class Clock:
-        now = 0.0
-
-        def __call__(self) -> float:
-            return self.now
-
-    clock = Clock()
+    clock = ManualClock()
     settings = replace(task_settings, prefix=prefix, progress_interval=0, heartbeat_interval=10)
     producer = Producer(settings, clock=clock)
     metrics_url = bridge.url.replace("ws://", "http://").replace("/ws", "/metrics")

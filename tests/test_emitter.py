@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from helpers import events_of, summary, wait_for
+from helpers import ManualClock, events_of, summary, wait_for
 
 from taskcast.embedded_redis import EmbeddedRedis, free_port
 from taskcast.events import Event, log_data, progress_data
@@ -204,13 +204,7 @@ def test_dead_redis_never_raises_or_blocks_and_keeps_every_event(
 def test_events_queued_while_redis_was_down_are_stored_in_order_when_it_returns(
     task_settings: Settings, prefix: str
 ) -> None:
-    class Clock:
-        now = 0.0
-
-        def __call__(self) -> float:
-            return self.now
-
-    clock = Clock()
+    clock = ManualClock()
     with EmbeddedRedis() as server:
         settings = replace(task_settings, redis_url=server.url, prefix=prefix, progress_interval=0)
         producer = Producer(settings, clock=clock, backoff=1.0)

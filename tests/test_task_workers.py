@@ -9,15 +9,11 @@ from dataclasses import replace
 
 import redis
 from celery import Celery
-from helpers import events_of, summary, wait_finished, wait_for
+from helpers import events_of, gap_free, summary, wait_finished, wait_for
 
 from taskcast import tasks
 from taskcast.embedded_redis import EmbeddedRedis
 from taskcast.store import EventStore
-
-
-def gap_free(events: list[dict]) -> bool:
-    return [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
 
 def wait_status(store: EventStore, op_id: str, status: str, timeout: float = 15.0) -> None:

@@ -7,16 +7,12 @@ import time
 from pathlib import Path
 
 from bridge_helpers import RestartableBridge, WsClient
-from helpers import events_of, summary, wait_finished, wait_for
+from helpers import events_of, gap_free, summary, wait_finished, wait_for
 
 from taskcast.keys import producer_totals
 
 LINES = 200
 DELAY = 0.04  # about 8 s of work
-
-
-def gap_free(events: list[dict]) -> bool:
-    return [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
 
 def test_store_stopped_5s_mid_task_then_back_with_its_data_loses_nothing(
