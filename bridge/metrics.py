@@ -85,7 +85,9 @@ class _HubCollector(Collector):
         stats: Callable[[], Mapping[str, int]],
         redis_up: Callable[[], bool],
         lag: LagHistogram,
+        process: str,
     ) -> None:
+        self._process = process
         self._stats = stats
         self._redis_up = redis_up
         self._lag = lag
@@ -93,6 +95,13 @@ class _HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
+        info = GaugeMetricFamily(
+            "taskcast_bridge_process",
+            "The bridge process that answered this scrape (host:pid); always 1",
+            labels=["process"],
+        )
+        info.add_metric([self._process], 1)
+        yield info
         for name, doc in _GAUGES.items():
             yield GaugeMetricFamily(f"taskcast_bridge_{name}", doc, value=stats[name])
         for name, doc in _COUNTERS.items():
@@ -130,11 +139,14 @@ class BridgeMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(
-        self, stats: Callable[[], Mapping[str, int]], redis_up: Callable[[], bool]
+        self,
+        stats: Callable[[], Mapping[str, int]],
+        redis_up: Callable[[], bool],
+        process: str = "",
     ) -> None:
         self.delivery_lag = LagHistogram()
         self.registry = CollectorRegistry()
-        self._collector = _HubCollector(stats, redis_up, self.delivery_lag)
+        self._collector = _HubCollector(stats, redis_up, self.delivery_lag, process)
         self.registry.register(self._collector)
 
     def render(self, producers: Mapping[str, int] | None = None) -> bytes:

@@ -16,11 +16,11 @@ import click
 
 from taskcast.bridge.access import check_exposure
 from taskcast.bridge.server import Bridge
+from taskcast.bridge.supervisor import EXIT_CONFIG, Supervisor, child_argv, child_env
+from taskcast.embedded_redis import free_port
 from taskcast.worker_config.settings import VARIABLES, Settings, load_settings
 
 log = logging.getLogger("taskcast.bridge")
-
-EXIT_CONFIG = 2
 
 
 def settings_from(flags: dict[str, str | None]) -> Settings:
@@ -34,13 +34,13 @@ def settings_from(flags: dict[str, str | None]) -> Settings:
     return load_settings(environ)
 
 
-async def run_until_signalled(settings: Settings) -> None:
+async def run_until_signalled(settings: Settings, shared_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then close every connection with 1001."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)  # before start-up, which may wait on Redis
-    bridge = Bridge(settings)
+    bridge = Bridge(settings, reuse_port=shared_port)
     await bridge.start()
     ingester = None
     if settings.celery_events:
@@ -54,11 +54,29 @@ async def run_until_signalled(settings: Settings) -> None:
     await bridge.stop()
 
 
+def supervise(settings: Settings) -> int:
+    """Run ``settings.processes`` bridges on one port (a free one if the port is 0)."""
+    port = settings.port or free_port(settings.host)
+    log.info(
+        "taskcast bridge supervisor: %d processes on ws://%s:%d/ws",
+        settings.processes,
+        settings.host,
+        port,
+    )
+    return Supervisor(settings.processes, child_argv(), child_env(settings, port)).run()
+
+
 @click.command()
 @click.option("--host", help="Interface to listen on [TASKCAST_HOST, default 127.0.0.1].")
 @click.option("--port", help="Port to listen on; 0 picks a free one [TASKCAST_PORT, 8765].")
 @click.option("--redis-url", help="Event store Redis [TASKCAST_REDIS_URL].")
 @click.option("--prefix", help="Key prefix in Redis [TASKCAST_PREFIX, default taskcast:].")
+@click.option(
+    "--processes",
+    help="Bridge processes sharing the port, restarted if one dies; 'auto' = one per core "
+    "[TASKCAST_PROCESSES, default 1].",
+)
+@click.option("--shared-port", is_flag=True, hidden=True)  # a child of --processes
 @click.option(
     "--celery-events",
     is_flag=True,
@@ -79,6 +97,8 @@ def serve(
     port: str | None,
     redis_url: str | None,
     prefix: str | None,
+    processes: str | None,
+    shared_port: bool,
     celery_events: bool | None,
     broker: str | None,
     insecure: bool | None,
@@ -90,6 +110,7 @@ def serve(
             "port": port,
             "redis_url": redis_url,
             "prefix": prefix,
+            "processes": processes,
             "celery_events": "true" if celery_events else None,
             "broker_url": broker,
             "insecure": "true" if insecure else None,
@@ -101,8 +122,10 @@ def serve(
     )
     # One line per opened/closed connection would drown the log at 10k clients.
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    if settings.processes > 1 and not shared_port:
+        sys.exit(supervise(settings))
     try:
-        asyncio.run(run_until_signalled(settings))
+        asyncio.run(run_until_signalled(settings, shared_port))
     except OSError as exc:
         click.echo(
             f"taskcast serve: cannot listen on {settings.host}:{settings.port} "

@@ -30,6 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from taskcast.bridge import presence
 from taskcast.bridge.access import (
     AUTH_DEADLINE,
     OPEN,
@@ -136,9 +137,14 @@ class Bridge:
     closes every connection with 1001.
     """
 
-    def __init__(self, settings: Settings, static_dir: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, static_dir: Path | None = None, reuse_port: bool = False
+    ) -> None:
+        """``reuse_port``: listen with SO_REUSEPORT, sharing the port with the other
+        processes of ``taskcast serve --processes``."""
         check_exposure(settings)
         self.settings = settings
+        self.reuse_port = reuse_port
         self.verifier = verifier_for(settings)
         self.hub = Hub(
             send_buffer_bytes=settings.send_buffer_bytes,
@@ -149,7 +155,10 @@ class Bridge:
         )
         self.reader = StoreReader(settings.redis_url, settings.prefix, settings.history_ttl)
         self.tail = LiveTail(settings.redis_url, settings.prefix, self.hub.publish)
-        self.metrics = BridgeMetrics(self.hub.snapshot_stats, lambda: self.tail.healthy)
+        self.process = presence.process_id()
+        self.metrics = BridgeMetrics(
+            self.hub.snapshot_stats, lambda: self.tail.healthy, self.process
+        )
         self.http = HttpRoutes(self, static_dir or Path(__file__).with_name("static"))
         self.caps = ConnectionCaps(
             settings.max_connections or default_max_connections(),
@@ -161,6 +170,7 @@ class Bridge:
         self._server: Server | None = None
         self._tail_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
+        self._presence_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._due: list[Peer] = []
         self._counts: tuple[float, tuple[int, int]] | None = None
@@ -198,6 +208,7 @@ class Bridge:
             log.warning("Redis unreachable at start-up (%s); will keep retrying", exc)
         self._tail_task = asyncio.create_task(self.tail.run())
         self._sweep_task = asyncio.create_task(sweep_periodically(self.settings))
+        self._presence_task = asyncio.create_task(self._report_presence())
         try:
             self._server = await serve(
                 self._handle,
@@ -211,6 +222,7 @@ class Bridge:
                 ping_interval=self.settings.ping_interval,
                 ping_timeout=self.settings.ping_interval,
                 close_timeout=CLOSE_TIMEOUT,
+                reuse_port=self.reuse_port,
             )
         except BaseException:
             await self._stop_store_tasks()
@@ -233,8 +245,10 @@ class Bridge:
     async def _stop_store_tasks(self) -> None:
         if self._revoker is not None:
             self._revoker.close()
-        if self._sweep_task is not None:
-            self._sweep_task.cancel()
+        periodic = [task for task in (self._sweep_task, self._presence_task) if task is not None]
+        for task in periodic:
+            task.cancel()
+        await asyncio.gather(*periodic, return_exceptions=True)
         if self._tail_task is not None:
             await self.tail.stop(self._tail_task)
         await self.tail.close()
@@ -593,11 +607,15 @@ class Bridge:
         stats: dict[str, Any] = self.hub.snapshot_stats()
         active: int | None
         total: int | None
+        bridges: dict[str, int] | None
         try:
             active, total = await self._operation_counts()
+            bridges = await presence.totals(self.reader.client, self.reader.keys, time.time())
         except STORE_ERRORS:
-            active = total = None
+            active = total = bridges = None
         stats.update(
+            process=self.process,
+            bridges=bridges,
             active_operations=active,
             total_operations=total,
             uptime=round(time.monotonic() - self.started, 3),
@@ -605,6 +623,21 @@ class Bridge:
             server=SERVER_NAME,
         )
         return stats
+
+    async def _report_presence(self) -> None:
+        """Tell the other bridge processes of this store what this one serves (presence.py)."""
+        while True:
+            try:
+                await presence.report(
+                    self.reader.client,
+                    self.reader.keys,
+                    self.process,
+                    self.hub.snapshot_stats(),
+                    time.time(),
+                )
+            except STORE_ERRORS as exc:
+                log.debug("presence report skipped: %s", exc)
+            await asyncio.sleep(presence.REPORT_SECONDS)
 
     async def producer_totals(self) -> dict[str, int]:
         """Worker processes' producer counters for /metrics; none while Redis is down."""

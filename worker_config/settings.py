@@ -63,6 +63,13 @@ def _bool(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _processes(raw: str) -> int:
+    """A count of bridge processes, or ``auto``: one per core this process may run on."""
+    if raw.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    return _int(1, 256)(raw)
+
+
 def _prefix(raw: str) -> str:
     if not raw or any(c.isspace() for c in raw):
         raise ValueError("must be a non-empty string without spaces")
@@ -103,6 +110,7 @@ class Settings:
     result_expires: int = 86400
     host: str = "127.0.0.1"
     port: int = 8765
+    processes: int = 1
     max_subscriptions: int = 1000
     max_message_bytes: int = 65536
     send_buffer_bytes: int = 1 << 20
@@ -141,6 +149,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "result_expires": ("TASKCAST_RESULT_EXPIRES", _int(1)),
     "host": ("TASKCAST_HOST", str),
     "port": ("TASKCAST_PORT", _int(0, 65535)),
+    "processes": ("TASKCAST_PROCESSES", _processes),
     "max_subscriptions": ("TASKCAST_MAX_SUBSCRIPTIONS", _int(1)),
     "max_message_bytes": ("TASKCAST_MAX_MESSAGE_BYTES", _int(1024)),
     "send_buffer_bytes": ("TASKCAST_SEND_BUFFER_BYTES", _int(1024)),

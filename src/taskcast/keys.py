@@ -93,6 +93,16 @@ class Keys:
         return f"{self.prefix}workers:started"
 
     @property
+    def bridges(self) -> str:
+        """Hash: ``host:pid`` -> JSON hub counters of that bridge process."""
+        return f"{self.prefix}bridges"
+
+    @property
+    def bridges_seen(self) -> str:
+        """Sorted set: ``host:pid`` -> when that bridge process last reported."""
+        return f"{self.prefix}bridges:seen"
+
+    @property
     def producers(self) -> str:
         """Hash: ``host:pid`` -> JSON counters of that process's producer (and ``at``)."""
         return f"{self.prefix}producers"
