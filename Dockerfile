@@ -13,4 +13,4 @@ COPY worker_config ./worker_config
 RUN pip install . && rm -rf /app/* && useradd --create-home taskcast
 USER taskcast
 EXPOSE 8765
-CMD ["taskcast", "serve", "--host", "0.0.0.0", "--port", "8765"]
+CMD ["taskcast", "serve", "--host", "0.0.0.0", "--port", "8765", "--processes", "auto"]

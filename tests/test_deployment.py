@@ -52,7 +52,7 @@ def test_compose_file_is_valid_for_docker_compose(tmp_path: Path) -> None:
 
 def test_workers_scale_and_every_service_has_a_health_check(compose: dict) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "worker", "bridge"}
+    assert set(services) == {"redis", "worker", "bridge", "haproxy"}
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker
     assert worker["command"][:4] == ["celery", "-A", "taskcast.demo.worker", "worker"]
@@ -63,12 +63,16 @@ def test_workers_scale_and_every_service_has_a_health_check(compose: dict) -> No
     assert env["TASKCAST_REDIS_URL"].startswith("redis://redis:")
 
 
-def test_bridges_scale_and_redis_keeps_its_data(compose: dict) -> None:
-    bridge = compose["services"]["bridge"]
-    assert "container_name" not in bridge
-    (published,) = bridge["ports"]
-    host, container = str(published).rsplit(":", 1)
-    assert container == "8765" and "-" in host, "one fixed host port cannot serve N bridges"
+def test_bridges_scale_behind_haproxy_and_redis_keeps_its_data(compose: dict) -> None:
+    bridge, balancer = compose["services"]["bridge"], compose["services"]["haproxy"]
+    assert "container_name" not in bridge and "ports" not in bridge
+    assert balancer["ports"] == ["8765:8765"]
+    (mount,) = balancer["volumes"]
+    config = ROOT / mount.split(":")[0]
+    assert "server-template bridge" in config.read_text() and "/readyz" in config.read_text()
+    haproxy = require_binary("haproxy", "haproxy")
+    checked = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     redis_command = compose["services"]["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
 

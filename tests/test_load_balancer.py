@@ -1,0 +1,138 @@
+"""Debian's HAProxy in front of two bridges: one is killed, every client resumes on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+from bridge_helpers import RestartableBridge, http_get
+from helpers import wait_for, worker_env
+from system_packages import require_binary
+
+from taskcast.client import TaskcastClient
+from taskcast.embedded_redis import free_port
+from taskcast.events import Event, log_data, status_data
+
+OPERATIONS = 5
+CLIENTS = 100
+EVENTS = 120
+
+CONFIG = """
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend taskcast
+    bind 127.0.0.1:{port}
+    default_backend bridges
+backend bridges
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 300ms fall 2 rise 1
+    server bridge1 127.0.0.1:{first} check
+    server bridge2 127.0.0.1:{second} check
+"""
+
+
+@pytest.fixture
+def balanced(task_settings, prefix: str, tmp_path: Path) -> Iterator[tuple[int, list]]:
+    """Two ``taskcast serve`` processes behind ``haproxy``; yields its port and the bridges."""
+    haproxy = require_binary("haproxy", "haproxy")
+    env = worker_env(replace(task_settings, prefix=prefix))
+    bridges = [RestartableBridge(env), RestartableBridge(env)]
+    for bridge in bridges:
+        bridge.start()
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(CONFIG.format(port=port, first=bridges[0].port, second=bridges[1].port))
+    balancer = subprocess.Popen(
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/healthz"), timeout=15)
+        yield port, bridges
+    finally:
+        balancer.terminate()
+        balancer.wait(10)
+        for bridge in bridges:
+            bridge.stop(signal.SIGKILL)
+
+
+def answers(url: str) -> bool:
+    try:
+        return http_get(url)[0] == 200
+    except OSError:
+        return False
+
+
+def produce(store, operations: list[str], go: threading.Event) -> None:
+    for op in operations:
+        store.append(Event("status", op, status_data("queued")))
+    go.wait()
+    for number in range(1, EVENTS + 1):
+        for op in operations:
+            store.append(Event("log", op, log_data("info", str(number))))
+        threading.Event().wait(0.03)
+    for op in operations:
+        store.append(Event("completed", op, {}))
+
+
+async def follow(url: str, operation_id: str, subscribed: asyncio.Event) -> list[int]:
+    async with TaskcastClient(url) as client:
+        events = client.watch(operation_id)
+        first = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0)
+        subscribed.set()
+        seqs = [(await first)["seq"]]
+        seqs += [event["seq"] async for event in events]
+    return seqs
+
+
+def connected(bridge: RestartableBridge) -> int:
+    _, _, body = http_get(f"http://127.0.0.1:{bridge.port}/api/stats")
+    return orjson.loads(body)["stats"]["connected_clients"]
+
+
+async def test_clients_behind_haproxy_resume_on_the_other_bridge_when_one_dies(
+    balanced, store
+) -> None:
+    port, bridges = balanced
+    operations = [f"lb-{n}" for n in range(OPERATIONS)]
+    go = threading.Event()
+    producer = threading.Thread(target=produce, args=(store, operations, go))
+    producer.start()
+    try:
+        ready = [asyncio.Event() for _ in range(CLIENTS)]
+        url = f"ws://127.0.0.1:{port}/ws"
+        followers = [
+            asyncio.create_task(follow(url, operations[n % OPERATIONS], event))
+            for n, event in enumerate(ready)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), 60)
+        counts = await asyncio.to_thread(lambda: [connected(bridge) for bridge in bridges])
+        assert min(counts) > 0 and sum(counts) == CLIENTS, counts
+        go.set()
+        while store.snapshot(operations[0])["last_seq"] < EVENTS // 3:
+            await asyncio.sleep(0.05)
+        bridges[0].stop(signal.SIGKILL)
+        received = await asyncio.wait_for(asyncio.gather(*followers), 90)
+    finally:
+        go.set()
+        producer.join()
+    # Those on the killed bridge (some, by the counts above) could only resume on the other.
+    expected = list(range(1, EVENTS + 3))
+    assert all(seqs == expected for seqs in received)
