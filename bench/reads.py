@@ -44,7 +44,8 @@ def fill(store: EventStore, operations: int) -> None:
 async def full_scan_counts(reader: StoreReader) -> tuple[int, int]:
     """What get_stats did before: every snapshot's status, a page at a time."""
     active = total = start = 0
-    while ids := await reader.client.zrevrange(reader.keys.index, start, start + 499):
+    (index,) = reader.keys.indexes
+    while ids := await reader.client.zrevrange(index, start, start + 499):
         async with reader.client.pipeline(transaction=False) as pipe:
             for op_id in ids:
                 pipe.hget(reader.keys.snapshot(op_id.decode()), "status")

@@ -19,7 +19,7 @@ from types import FrameType
 
 from rich.console import Console
 
-from . import connections, latency, polling, producer_cost, recovery, throughput
+from . import connections, latency, polling, producer_cost, recovery, store_cost, throughput
 from .context import FULL, QUICK, Bench
 from .machine import machine_info
 from .procs import Processes, raise_nofile_limit
@@ -33,6 +33,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "throughput": throughput.run,
     "connections": connections.run,
     "recovery": recovery.run,
+    "store-cost": store_cost.run,
 }
 
 

@@ -31,10 +31,7 @@ class CeleryEventIngester:
         self.translator = CeleryEventTranslator(
             settings.result_max_bytes, settings.send_traceback, settings.record_args
         )
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
-        )
-        self.store = EventStore.for_settings(client, settings)
+        self.store = EventStore.connect(settings, socket_timeout=5, socket_connect_timeout=5)
         self.counters = {"stored": 0, "duplicate": 0, "rejected": 0, "failed": 0}
         self._stop = threading.Event()
         self._receiver: Any = None

@@ -27,8 +27,11 @@ from taskcast.keys import (
     decode_snapshot,
     history_start,
     matches_status,
+    merge_newest,
     producer_totals,
+    score,
 )
+from taskcast.redis_clients import async_store_client
 
 log = logging.getLogger("taskcast.bridge")
 
@@ -36,29 +39,38 @@ log = logging.getLogger("taskcast.bridge")
 STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
-def _client(url: str, socket_timeout: float, max_connections: int) -> aioredis.Redis:
+def _client(
+    url: str, cluster: bool, socket_timeout: float, max_connections: int
+) -> aioredis.Redis:
     """A bytes client that fails fast (one quick retry) so commands never hang on an outage."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=socket_timeout,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 2.0),
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-        decode_responses=False,
-    )
-    return aioredis.Redis.from_pool(pool)
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 2.0),
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+        "decode_responses": False,
+    }
+    if not cluster:
+        options["timeout"] = socket_timeout  # waiting for a free connection of the pool
+    return async_store_client(url, cluster, **options)
 
 
 class StoreReader:
     """Reads for commands and HTTP routes; raise one of ``STORE_ERRORS`` when Redis is down."""
 
     def __init__(
-        self, redis_url: str, prefix: str, history_ttl: int = 86400, max_connections: int = 32
+        self,
+        redis_url: str,
+        prefix: str,
+        history_ttl: int = 86400,
+        max_connections: int = 32,
+        partitions: int = 1,
+        cluster: bool = False,
     ) -> None:
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, partitions)
         self.history_ttl = history_ttl
-        self.client = _client(redis_url, socket_timeout=3.0, max_connections=max_connections)
+        self.cluster = cluster
+        self.client = _client(redis_url, cluster, 3.0, max_connections)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -74,7 +86,9 @@ class StoreReader:
         self, operation_id: str, since: int
     ) -> tuple[dict[str, Any] | None, list[tuple[int, bytes]]]:
         """The snapshot and the events after ``since``, read atomically in one round trip."""
-        async with self.client.pipeline(transaction=True) as pipe:
+        # A Cluster pipeline cannot be a transaction; the hub copes with history newer
+        # than the snapshot (both keys are in one slot, read back to back).
+        async with self.client.pipeline(transaction=not self.cluster) as pipe:
             pipe.hgetall(self.keys.snapshot(operation_id))
             pipe.xrange(self.keys.history(operation_id), min=history_start(since))
             raw, entries = await pipe.execute()
@@ -88,7 +102,7 @@ class StoreReader:
     ) -> list[dict[str, Any]] | None:
         """Snapshots of ranks ``start..stop`` of the listing for ``status`` (newest first);
         None past its end."""
-        ids = await self.client.zrevrange(self.keys.listing(status), start, stop)
+        ids = await self._ids(self.keys.listing(status), start, stop - start + 1)
         if not ids:
             return None
         async with self.client.pipeline(transaction=False) as pipe:
@@ -113,6 +127,15 @@ class StoreReader:
         """The counters every worker process's producer reported, summed (see keys)."""
         return producer_totals(await self.client.hgetall(self.keys.producers))
 
+    async def _ids(self, keys: list[str], start: int, count: int) -> list[bytes]:
+        """Ranks ``start..start+count-1`` over every partition, newest first (see the store)."""
+        if len(keys) == 1:
+            return list(await self.client.zrevrange(keys[0], start, start + count - 1))
+        pages = [
+            await self.client.zrevrange(key, 0, start + count - 1, withscores=True) for key in keys
+        ]
+        return merge_newest(pages, start, count)
+
     async def operation_counts(self) -> tuple[int, int]:
         """``(active, total)`` stored operations, for ``get_stats``: two counts, no scan.
 
@@ -120,77 +143,99 @@ class StoreReader:
         older ones expired (``get_operation`` calls them not found) even where
         no append has trimmed them from the sets yet.
         """
-        alive = time.time() - self.history_ttl
+        alive = score(time.time() - self.history_ttl)
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zcount(self.keys.active, alive, "+inf")
-            pipe.zcount(self.keys.index, alive, "+inf")
-            active, total = await pipe.execute()
-        return int(active), int(total)
+            for key in (*self.keys.actives, *self.keys.indexes):
+                pipe.zcount(key, alive, "+inf")
+            counts = await pipe.execute()
+        half = len(counts) // 2
+        return sum(counts[:half]), sum(counts[half:])
 
 
 class LiveTail:
-    """The bridge's single reader of the live stream.
+    """The bridge's single reader of the live stream (one reader per partition).
 
     Batched ``XREAD BLOCK`` from the last stream id it saw, so an outage only
     delays events: when Redis is back it resumes exactly where it stopped.
     It starts from the stream's last id *at start-up* rather than ``$``, so no
     event stored after a subscriber read its history can slip between the two.
     A short block (250 ms) costs an idle bridge four cheap reads a second and
-    lets it stop promptly without cancelling a Redis call.
+    lets it stop promptly without cancelling a Redis call. With partitions
+    (``Keys.lives``) each is read by its own loop on its own connection: in a
+    Redis Cluster they live on different nodes, and one operation's events all
+    go to one partition, so their order is kept.
     """
 
     def __init__(
         self,
         redis_url: str,
-        prefix: str,
+        keys: list[str],
         publish: Callable[[list[LiveEvent]], None],
+        cluster: bool = False,
         block_ms: int = 250,
         count: int = 1000,
         max_backoff: float = 2.0,
     ) -> None:
-        self.key = Keys(prefix).live
+        self.keys = keys
         self.publish = publish
         self.block_ms = block_ms
         self.count = count
         self.max_backoff = max_backoff
-        self.client = _client(redis_url, socket_timeout=block_ms / 1000 + 2, max_connections=2)
-        self.position: bytes | None = None
-        self.healthy = False
+        self.client = _client(
+            redis_url, cluster, socket_timeout=block_ms / 1000 + 2, max_connections=len(keys) + 1
+        )
+        self.positions: dict[str, bytes | None] = dict.fromkeys(keys)
+        self._healthy = dict.fromkeys(keys, False)
         self.positioned = asyncio.Event()
         self._stopping = asyncio.Event()
 
+    @property
+    def healthy(self) -> bool:
+        """Whether every partition's last read succeeded."""
+        return all(self._healthy.values())
+
     async def find_position(self) -> None:
         """Start after the newest entry stored so far (``0-0`` if the stream is empty)."""
-        newest: list[tuple[bytes, Any]] = await self.client.xrevrange(self.key, count=1)
-        self.position = newest[0][0] if newest else b"0-0"
-        self.healthy = True
-        self.positioned.set()
+        for key in self.keys:
+            await self._find_position(key)
+
+    async def _find_position(self, key: str) -> None:
+        newest: list[tuple[bytes, Any]] = await self.client.xrevrange(key, count=1)
+        self.positions[key] = newest[0][0] if newest else b"0-0"
+        self._healthy[key] = True
+        if all(position is not None for position in self.positions.values()):
+            self.positioned.set()
 
     async def run(self) -> None:
-        """Read and publish until :meth:`stop`; back off (with jitter) while Redis is down."""
+        """Read and publish every partition until :meth:`stop`."""
+        await asyncio.gather(*(self._run(key) for key in self.keys))
+
+    async def _run(self, key: str) -> None:
+        """One partition's loop; back off (with jitter) while Redis is down."""
         delay = 0.05
         while not self._stopping.is_set():
             try:
-                if self.position is None:
-                    await self.find_position()
-                assert self.position is not None
+                if self.positions[key] is None:
+                    await self._find_position(key)
+                position = self.positions[key]
+                assert position is not None
                 reply: Any = await self.client.xread(
-                    {self.key: self.position}, count=self.count, block=self.block_ms
+                    {key: position}, count=self.count, block=self.block_ms
                 )
             except STORE_ERRORS as exc:
-                if self.healthy:
+                if self._healthy[key]:
                     log.warning("live tail lost Redis (%s); retrying", exc)
-                self.healthy = False
+                self._healthy[key] = False
                 await self._pause(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.max_backoff)
                 continue
-            if not self.healthy:
-                log.info("live tail reconnected to Redis; resuming after %s", self.position)
-            self.healthy = True
+            if not self._healthy[key]:
+                log.info("live tail reconnected to Redis; resuming after %s", position)
+            self._healthy[key] = True
             delay = 0.05
             if reply:
                 entries = reply[0][1]
-                self.position = entries[-1][0]
+                self.positions[key] = entries[-1][0]
                 self.publish(decode_live(entries))
 
     async def _pause(self, seconds: float) -> None:

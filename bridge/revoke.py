@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
 from taskcast.events import Event, error_data
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
@@ -27,10 +25,7 @@ class Revoker:
     """Blocking calls (store and broker): the server runs them in a thread."""
 
     def __init__(self, settings: Settings) -> None:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
-        )
-        self.store = EventStore.for_settings(client, settings)
+        self.store = EventStore.connect(settings, socket_timeout=5, socket_connect_timeout=5)
         self.broker_url = settings.broker_url
         self._app: Any = None
 

@@ -153,8 +153,19 @@ class Bridge:
             on_overflow=self._on_overflow,
             on_resync=self._on_resync,
         )
-        self.reader = StoreReader(settings.redis_url, settings.prefix, settings.history_ttl)
-        self.tail = LiveTail(settings.redis_url, settings.prefix, self.hub.publish)
+        self.reader = StoreReader(
+            settings.redis_url,
+            settings.prefix,
+            settings.history_ttl,
+            partitions=settings.live_partitions,
+            cluster=settings.redis_cluster,
+        )
+        self.tail = LiveTail(
+            settings.redis_url,
+            self.reader.keys.lives,
+            self.hub.publish,
+            cluster=settings.redis_cluster,
+        )
         self.process = presence.process_id()
         self.metrics = BridgeMetrics(
             self.hub.snapshot_stats, lambda: self.tail.healthy, self.process

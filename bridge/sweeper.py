@@ -30,8 +30,7 @@ async def sweep_periodically(settings: Settings) -> None:
     interval = settings.heartbeat_interval
     if interval <= 0:
         return
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    store = EventStore(client, prefix=settings.prefix, history_ttl=settings.history_ttl)
+    store = EventStore.connect(settings, socket_timeout=5, socket_connect_timeout=5)
     try:
         while True:
             await asyncio.sleep(interval / 2)
@@ -43,4 +42,4 @@ async def sweep_periodically(settings: Settings) -> None:
             if ended:
                 log.info("ended %d operation(s) of silent workers as lost", len(ended))
     finally:
-        client.close()
+        store.client.close()

@@ -61,13 +61,12 @@ class Producer:
         self.settings = settings
         self.clock = clock
         self.backoff = backoff
-        client = redis.Redis.from_url(
-            settings.redis_url,
+        self.store = EventStore.connect(
+            settings,
             socket_timeout=settings.emit_timeout,
             socket_connect_timeout=settings.emit_timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        self.store = EventStore.for_settings(client, settings)
         self.coalescer = Coalescer(settings.progress_interval, clock)
         self.outbox = Outbox(settings.outbox_events)
         self.counters = {"stored": 0, "rejected": 0, "failed": 0, "invalid": 0, "retried": 0}

@@ -99,6 +99,8 @@ class Settings:
     history_maxlen: int = 1000
     history_ttl: int = 86400
     live_maxlen: int = 100_000
+    live_partitions: int = 1
+    redis_cluster: bool = False
     progress_interval: float = 0.05
     result_max_bytes: int = 65536
     emit_timeout: float = 0.5
@@ -138,6 +140,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "history_maxlen": ("TASKCAST_HISTORY_MAXLEN", _int(1)),
     "history_ttl": ("TASKCAST_HISTORY_TTL", _int(1)),
     "live_maxlen": ("TASKCAST_LIVE_MAXLEN", _int(100)),
+    "live_partitions": ("TASKCAST_LIVE_PARTITIONS", _int(1, 1024)),
+    "redis_cluster": ("TASKCAST_REDIS_CLUSTER", _bool),
     "progress_interval": ("TASKCAST_PROGRESS_INTERVAL", _float(0.0)),
     "result_max_bytes": ("TASKCAST_RESULT_MAX_BYTES", _int(64)),
     "emit_timeout": ("TASKCAST_EMIT_TIMEOUT", _float(0.001)),
@@ -216,4 +220,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     values.setdefault("redis_url", DEFAULT_REDIS_URL)
     values.setdefault("broker_url", values["redis_url"])
     values.setdefault("result_backend", values["redis_url"])
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.redis_cluster and settings.live_partitions < 2:
+        # One partition keeps the single-server layout, whose shared keys sit in
+        # other Cluster slots than an operation's: every append would fail.
+        raise ConfigError(
+            "TASKCAST_LIVE_PARTITIONS must be at least 2 with TASKCAST_REDIS_CLUSTER=true "
+            "(one per master is a good start)"
+        )
+    return settings

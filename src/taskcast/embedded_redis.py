@@ -43,14 +43,20 @@ class EmbeddedRedis:
     tests use that to simulate an outage). Without ``persistent`` it keeps
     nothing, so a restart comes back empty; with it, every write goes to an
     append-only file first, so a restart comes back with all the data.
+    ``extra_args`` are more ``redis-server`` options (a Cluster node's, say).
     """
 
     def __init__(
-        self, port: int | None = None, binary: str | None = None, persistent: bool = False
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        persistent: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
         self.binary = binary or redis_server_binary()
         self.persistent = persistent
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="taskcast-redis-")
 
@@ -80,6 +86,7 @@ class EmbeddedRedis:
             "warning",
             "--logfile",
             str(Path(self._dir.name) / "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

@@ -5,7 +5,7 @@ Layout under the prefix (default ``taskcast:``)::
     op:{ID}          hash    the operation snapshot, JSON-encoded values, last_seq
     op:{ID}:events   stream  the operation's history, entry id ``{seq}-0``, field e
     events           stream  every event of every operation: o (id), s (seq),
-                             t (operation type), e (event JSON)
+                             t (operation type), p (epoch), e (event JSON)
     ops              zset    operation ids scored by their last update
     active           zset    the unfinished ones among them (listings and counts
                              of active operations read only these)
@@ -14,6 +14,8 @@ Layout under the prefix (default ``taskcast:``)::
     op:{ID}:once:N   string  marker of an ingested Celery event, stored once (10 min)
 
 The braces are a Redis Cluster hash tag: both keys of one operation share a slot.
+With partitions (see :class:`Keys`) the shared keys are split and the tag is
+the partition's: ``{pN}:op:ID``, ``{pN}:events``, ``{pN}:ops``, ``{pN}:active``.
 A stored event is the exact JSON clients receive, so readers forward bytes.
 Nothing here talks to Redis (the writers are in :mod:`taskcast.store`, the
 bridge's async reader in ``taskcast.bridge.reader``), so the bridge's pure hub
@@ -22,6 +24,7 @@ can use these types without importing a Redis client.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +34,7 @@ import orjson
 from taskcast.events import FINISHED_STATUSES
 
 # Snapshot fields that are bookkeeping, not part of PROTOCOL.md's snapshot.
-_INTERNAL_FIELDS = frozenset({"terminal", "created_at"})
+_INTERNAL_FIELDS = frozenset({"terminal", "created_at", "_type", "_indexed"})
 SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "operation_id": None,
     "operation_type": None,
@@ -54,35 +57,68 @@ SNAPSHOT_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names under one prefix, shared by writers and readers."""
+    """Key names under one prefix, shared by writers and readers.
+
+    With ``partitions`` > 1 (``TASKCAST_LIVE_PARTITIONS``, for Redis Cluster) the
+    live stream, the index and the active set are split in that many partitions,
+    and an operation's keys carry its partition's hash tag ``{pN}`` instead of its
+    id, so every key one append touches is in one Cluster slot. An operation's
+    partition is the CRC-32 of its id modulo ``partitions``, the same for every
+    writer and reader.
+    """
 
     prefix: str = "taskcast:"
+    partitions: int = 1
+
+    def partition(self, operation_id: str) -> int:
+        return zlib.crc32(operation_id.encode()) % self.partitions
+
+    def _tag(self, operation_id: str) -> str:
+        if self.partitions == 1:
+            return f"op:{{{operation_id}}}"
+        return f"{{p{self.partition(operation_id)}}}:op:{operation_id}"
+
+    def _shared(self, name: str, partition: int) -> str:
+        if self.partitions == 1:
+            return f"{self.prefix}{name}"
+        return f"{self.prefix}{{p{partition}}}:{name}"
 
     def snapshot(self, operation_id: str) -> str:
-        return f"{self.prefix}op:{{{operation_id}}}"
+        return f"{self.prefix}{self._tag(operation_id)}"
 
     def history(self, operation_id: str) -> str:
-        return f"{self.prefix}op:{{{operation_id}}}:events"
+        return f"{self.prefix}{self._tag(operation_id)}:events"
 
     def once(self, operation_id: str, name: str) -> str:
         """Marker that the event ``name`` of an operation was stored (expires after minutes)."""
-        return f"{self.prefix}op:{{{operation_id}}}:once:{name}"
+        return f"{self.prefix}{self._tag(operation_id)}:once:{name}"
+
+    def live(self, operation_id: str) -> str:
+        """The live stream (partition) an operation's events go to."""
+        return self._shared("events", self.partition(operation_id))
+
+    def index(self, operation_id: str) -> str:
+        return self._shared("ops", self.partition(operation_id))
+
+    def active(self, operation_id: str) -> str:
+        return self._shared("active", self.partition(operation_id))
 
     @property
-    def live(self) -> str:
-        return f"{self.prefix}events"
+    def lives(self) -> list[str]:
+        """Every live-stream partition, for the bridges' tails."""
+        return [self._shared("events", n) for n in range(self.partitions)]
 
     @property
-    def index(self) -> str:
-        return f"{self.prefix}ops"
+    def indexes(self) -> list[str]:
+        return [self._shared("ops", n) for n in range(self.partitions)]
 
     @property
-    def active(self) -> str:
-        return f"{self.prefix}active"
+    def actives(self) -> list[str]:
+        return [self._shared("active", n) for n in range(self.partitions)]
 
-    def listing(self, status: str | None) -> str:
-        """The sorted set a listing with ``status`` walks: only unfinished ids for ``active``."""
-        return self.active if status == "active" else self.index
+    def listing(self, status: str | None) -> list[str]:
+        """The sorted sets a listing with ``status`` walks: only unfinished ids for ``active``."""
+        return self.actives if status == "active" else self.indexes
 
     @property
     def workers(self) -> str:
@@ -118,6 +154,24 @@ class LiveEvent:
     operation_type: str
     payload: bytes
     epoch: str = ""
+
+
+def merge_newest(pages: Iterable[list[tuple[bytes, float]]], start: int, count: int) -> list[bytes]:
+    """Ranks ``start`` to ``start + count - 1`` of several newest-first listings merged.
+
+    Each page is the top ``start + count`` of one partition (``ZREVRANGE ...
+    WITHSCORES``); ties keep a stable order, by partition.
+    """
+    merged = sorted(
+        ((score, n, member) for n, page in enumerate(pages) for member, score in page),
+        key=lambda item: (-item[0], item[1]),
+    )
+    return [member for _, _, member in merged[start : start + count]]
+
+
+def score(timestamp: float) -> int:
+    """A time as the index and active sets score it: integer microseconds (see the store)."""
+    return int(timestamp * 1_000_000)
 
 
 def decode_snapshot(raw: Mapping[bytes, bytes]) -> dict[str, Any] | None:

@@ -20,7 +20,10 @@ from taskcast.keys import (
     decode_snapshot,
     history_start,
     matches_status,
+    merge_newest,
+    score,
 )
+from taskcast.redis_clients import store_client
 
 if TYPE_CHECKING:
     from taskcast.worker_config import Settings
@@ -31,11 +34,13 @@ WRITTEN_LIMIT = 10_000
 
 # KEYS: 1 snapshot hash, 2 history stream, 3 live stream, 4 index zset, 5 active zset,
 #       6 (optional) the once-only marker of an event that may be appended twice
-# ARGV: 1 id, 2 prefix, 3 suffix, 4 history maxlen, 5 ttl, 6 live maxlen,
-#       7 score, 8 kind (n/t/r), 9 random characters for a new epoch,
+# ARGV: 1 id, 2 prefix, 3 suffix, 4 history maxlen, 5 ttl (s), 6 live maxlen,
+#       7 score (µs, an integer), 8 kind (n/t/r), 9 random characters for a new epoch,
 #       10 the epoch this writer last stored in ('' if none), 11 the seq it got there,
-#       12 number of overwrite pairs, then the overwrite pairs, then the
-#       set-if-absent pairs.
+#       12 the operation type ('' if the event has none), 13 the same as JSON,
+#       14 '1' for a milestone (any event but progress and log), 15 number of
+#       overwrite pairs, then the overwrite pairs, then the pairs to set only when
+#       the snapshot is new.
 # Returns {seq, epoch}: seq 0 when the operation already ended, -1 when the marker
 # says the event was stored before (nothing stored in either case).
 #
@@ -47,47 +52,77 @@ WRITTEN_LIMIT = 10_000
 # An epoch is Redis's clock in microseconds (13 hex digits) and random characters:
 # clients only compare epochs for equality, but a bridge can tell a newer one from
 # a stale event still in its tail.
+#
+# Cost (bench/store_cost.py): one HMGET reads all the state, one HSET writes the
+# snapshot. The sorted sets and the TTLs are written for milestones and at most
+# once a second otherwise (``_indexed``), not for every progress event: a small
+# sorted set is a listpack, where ZADD scans and rewrites it. So listings order
+# operations by their last update to within a second, and keys expire the TTL
+# after the last event to within a second. Scores are integer microseconds;
+# expired members are pruned on one append in 64 (readers count by score, so
+# stale members never show).
 APPEND_SCRIPT = """
 local kind = ARGV[8]
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if epoch and epoch == ARGV[10]
-    and tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0') < tonumber(ARGV[11]) then
+local state = redis.call('HMGET', KEYS[1], 'epoch', 'last_seq', 'terminal', '_type', '_indexed')
+local epoch, last, terminal, optype = state[1], tonumber(state[2] or '0'), state[3], state[4]
+local now = tonumber(ARGV[7])
+local created = not state[2]
+local renewed = not epoch
+if epoch and epoch == ARGV[10] and last < tonumber(ARGV[11]) then
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'last_seq', 0, 'terminal', '0')
-  epoch = false
+  last, terminal, renewed = 0, '0', true
 end
-if not epoch then
-  local now = redis.call('TIME')
-  epoch = string.format('"%013x%s"', now[1] * 1000000 + now[2], ARGV[9])
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-end
-if kind ~= 'r' and redis.call('HGET', KEYS[1], 'terminal') == '1' then
+if renewed then
+  local clock = redis.call('TIME')
+  epoch = string.format('"%013x%s"', clock[1] * 1000000 + clock[2], ARGV[9])
+elseif kind ~= 'r' and terminal == '1' then
   return {0, epoch}
 end
 if KEYS[6] and not redis.call('SET', KEYS[6], '1', 'NX', 'EX', 600) then
   return {-1, epoch}
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+local seq = last + 1
 local event = ARGV[2] .. seq .. ',"epoch":' .. epoch .. ARGV[3]
-local first_absent = 13 + 2 * tonumber(ARGV[12])
-local overwrite = {'terminal', kind == 't' and '1' or '0'}
-for i = 13, first_absent - 1 do overwrite[#overwrite + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(overwrite))
-for i = first_absent, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local fields = {'last_seq', seq, 'terminal', kind == 't' and '1' or '0'}
+if renewed then
+  fields[#fields + 1] = 'epoch'
+  fields[#fields + 1] = epoch
+end
+local first_absent = 16 + 2 * tonumber(ARGV[15])
+for i = 16, first_absent - 1 do fields[#fields + 1] = ARGV[i] end
+if created then
+  for i = first_absent, #ARGV do fields[#fields + 1] = ARGV[i] end
+end
+if not optype and ARGV[12] ~= '' then
+  optype = ARGV[12]
+  fields[#fields + 1] = '_type'
+  fields[#fields + 1] = optype
+  fields[#fields + 1] = 'operation_type'
+  fields[#fields + 1] = ARGV[13]
+end
+local index = created or renewed or kind ~= 'n' or ARGV[14] == '1'
+  or now - tonumber(state[5] or '0') >= 1000000
+if index then
+  fields[#fields + 1] = '_indexed'
+  fields[#fields + 1] = ARGV[7]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'e', event)
-local optype = redis.call('HGET', KEYS[1], 'operation_type')
-optype = optype and cjson.decode(optype) or ''
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'o', ARGV[1], 's', seq, 't', optype,
-  'p', epoch, 'e', event)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-local expired = '(' .. (tonumber(ARGV[7]) - tonumber(ARGV[5]))
-redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', expired)
-if kind == 't' then
-  redis.call('ZREM', KEYS[5], ARGV[1])
-else
-  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'o', ARGV[1], 's', seq,
+  't', optype or '', 'p', epoch, 'e', event)
+if index then
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+  if kind == 't' then
+    redis.call('ZREM', KEYS[5], ARGV[1])
+  else
+    redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+  end
+end
+if seq % 64 == 1 then
+  local expired = '(' .. string.format('%d', now - 1000000 * tonumber(ARGV[5]))
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', expired)
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', expired)
 end
 return {seq, epoch}
@@ -106,9 +141,10 @@ class EventStore:
         history_maxlen: int = 1000,
         history_ttl: int = 86400,
         live_maxlen: int = 100_000,
+        partitions: int = 1,
     ) -> None:
         self.client = client
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, partitions)
         self.history_maxlen = history_maxlen
         self.history_ttl = history_ttl
         self.live_maxlen = live_maxlen
@@ -119,14 +155,20 @@ class EventStore:
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> EventStore:
-        """A store with the prefix and bounds of ``settings``."""
+        """A store with the prefix, bounds and partitions of ``settings``."""
         return cls(
             client,
             prefix=settings.prefix,
             history_maxlen=settings.history_maxlen,
             history_ttl=settings.history_ttl,
             live_maxlen=settings.live_maxlen,
+            partitions=settings.live_partitions,
         )
+
+    @classmethod
+    def connect(cls, settings: Settings, **options: Any) -> EventStore:
+        """A store on a new client for ``settings`` (``options``: redis-py client options)."""
+        return cls.for_settings(store_client(settings, **options), settings)
 
     def append(self, event: Event, once: str | None = None) -> int:
         """Store ``event`` atomically; return its seq, or 0 if the operation had ended.
@@ -135,8 +177,27 @@ class EventStore:
         ingesting Celery's event stream receives every event): the first
         append stores it, later ones within ten minutes return -1.
         """
+        keys, args = self._script_input(event, once)
+        seq, epoch = self._append(keys=keys, args=args)
+        self._remember(event, int(seq), epoch)
+        return int(seq)
+
+    def append_many(self, events: list[Event]) -> list[int]:
+        """Store ``events`` in order in one round trip (a pipeline); their seqs."""
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            keys, args = self._script_input(event, None)
+            self._append(keys=keys, args=args, client=pipe)
+        seqs = []
+        for event, (seq, epoch) in zip(events, pipe.execute(), strict=True):
+            self._remember(event, int(seq), epoch)
+            seqs.append(int(seq))
+        return seqs
+
+    def _script_input(self, event: Event, once: str | None) -> tuple[list[str], list[Any]]:
         prefix, suffix = event.encode()
         overwrite, if_absent = event.snapshot_changes()
+        typed = if_absent.pop("operation_type", b"")
         known_epoch, known_seq = self._written.get(event.operation_id, (b"", 0))
         args: list[Any] = [
             event.operation_id,
@@ -145,28 +206,30 @@ class EventStore:
             self.history_maxlen,
             self.history_ttl,
             self.live_maxlen,
-            event.timestamp,
+            score(event.timestamp),
             event.kind,
             os.urandom(3).hex(),
             known_epoch,
             known_seq,
+            event.operation_type or "",
+            typed,
+            "0" if event.event_type in ("progress", "log") else "1",
             len(overwrite),
         ]
         for mapping in (overwrite, if_absent):
             for name, value in mapping.items():
                 args.extend((name, value))
+        op = event.operation_id
         keys = [
-            self.keys.snapshot(event.operation_id),
-            self.keys.history(event.operation_id),
-            self.keys.live,
-            self.keys.index,
-            self.keys.active,
+            self.keys.snapshot(op),
+            self.keys.history(op),
+            self.keys.live(op),
+            self.keys.index(op),
+            self.keys.active(op),
         ]
         if once is not None:
             keys.append(self.keys.once(event.operation_id, once))
-        seq, epoch = self._append(keys=keys, args=args)
-        self._remember(event, int(seq), epoch)
-        return int(seq)
+        return keys, args
 
     def _remember(self, event: Event, seq: int, epoch: bytes) -> None:
         """Keep the ledger of unfinished operations this store object writes, bounded."""
@@ -191,7 +254,7 @@ class EventStore:
         found: list[dict[str, Any]] = []
         start, page = 0, max(limit, 100)
         while len(found) < limit:
-            ids = self.client.zrevrange(self.keys.listing(status), start, start + page - 1)
+            ids = self._ids(self.keys.listing(status), start, page)
             if not ids:
                 break
             pipe = self.client.pipeline(transaction=False)
@@ -204,9 +267,17 @@ class EventStore:
             start += page
         return found[:limit]
 
-    def live_tail(
-        self, last_id: bytes | str = b"$", block_ms: int | None = None, count: int = 1000
-    ) -> list[LiveEvent]:
-        """Live-stream entries after ``last_id`` (``$``: only new ones)."""
-        reply = self.client.xread({self.keys.live: last_id}, count=count, block=block_ms)
-        return decode_live(reply[0][1]) if reply else []
+    def _ids(self, keys: list[str], start: int, count: int) -> list[bytes]:
+        """Ranks ``start..start+count-1`` of the listing over every partition, newest first."""
+        if len(keys) == 1:
+            return list(self.client.zrevrange(keys[0], start, start + count - 1))
+        pages = [self.client.zrevrange(key, 0, start + count - 1, withscores=True) for key in keys]
+        return merge_newest(pages, start, count)
+
+    def live_tail(self, last_id: bytes | str = b"0", count: int = 1000) -> list[LiveEvent]:
+        """Live-stream entries after ``last_id`` in every partition (tests and tools)."""
+        events: list[LiveEvent] = []
+        for key in self.keys.lives:
+            reply = self.client.xread({key: last_id}, count=count)
+            events.extend(decode_live(reply[0][1]) if reply else [])
+        return events

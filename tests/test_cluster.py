@@ -1,0 +1,156 @@
+"""The store and a bridge on a local 3-master Redis Cluster, with partitioned live streams."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from bridge_helpers import BridgeProcess, WsClient, running_bridge
+from cluster_helpers import LocalCluster
+from helpers import wait_for
+
+from taskcast.events import Event, log_data, status_data
+from taskcast.store import EventStore
+from taskcast.tasks.producer import Producer
+from taskcast.worker_config import Settings, load_settings
+
+PARTITIONS = 3
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    local = LocalCluster().start()
+    yield local
+    local.close()
+
+
+@pytest.fixture
+def cluster_settings(cluster: LocalCluster, prefix: str) -> Settings:
+    return load_settings(
+        {},
+        redis_url=cluster.url,
+        redis_cluster=True,
+        live_partitions=PARTITIONS,
+        prefix=prefix,
+        port=0,
+        progress_interval=0,
+    )
+
+
+@pytest.fixture
+def cluster_store(cluster_settings: Settings) -> Iterator[EventStore]:
+    store = EventStore.connect(cluster_settings)
+    yield store
+    store.client.close()
+
+
+def ops_in_every_partition(store: EventStore, per_partition: int = 2) -> list[str]:
+    found: dict[int, list[str]] = {n: [] for n in range(PARTITIONS)}
+    candidate = 0
+    while any(len(ids) < per_partition for ids in found.values()):
+        op = f"op-{candidate}"
+        candidate += 1
+        ids = found[store.keys.partition(op)]
+        if len(ids) < per_partition:
+            ids.append(op)
+    return [op for ids in found.values() for op in ids]
+
+
+def test_every_append_touches_one_slot_and_partitions_spread_over_the_masters(
+    cluster: LocalCluster, cluster_store: EventStore
+) -> None:
+    keys = cluster_store.keys
+    masters = {cluster.node_of(key).port for key in keys.lives}
+    assert len(masters) > 1, "the partitions' hash tags all landed on one master"
+    for op in ops_in_every_partition(cluster_store):
+        assert cluster_store.append(Event("status", op, status_data("queued"))) == 1
+        assert cluster_store.append(Event("log", op, log_data("info", "x"))) == 2
+        assert cluster_store.snapshot(op)["last_seq"] == 2
+    listed = cluster_store.list_operations(limit=100)
+    assert len(listed) == 2 * PARTITIONS
+    updated = [snapshot["updated_at"] for snapshot in listed]
+    assert updated == sorted(updated, reverse=True)  # one listing merged from 3 partitions
+
+
+async def test_the_bridge_replays_streams_and_resumes_across_partitions(
+    cluster_settings: Settings, cluster_store: EventStore
+) -> None:
+    ops = ops_in_every_partition(cluster_store, per_partition=1)
+    for op in ops:
+        cluster_store.append(Event("status", op, status_data("queued")))
+    async with running_bridge(
+        cluster_settings.redis_url,
+        cluster_settings.prefix,
+        redis_cluster=True,
+        live_partitions=PARTITIONS,
+    ) as bridge:
+        client = await WsClient.open(bridge.url)
+        for op in ops:
+            reply = await client.request("subscribe", operation_id=op)
+            assert reply["replayed"] == 1 and reply["recovered"] is True
+        for number in range(2, 6):
+            for op in ops:
+                await asyncio.to_thread(
+                    cluster_store.append, Event("log", op, log_data("info", str(number)))
+                )
+        for op in ops:
+            assert [e["seq"] for e in await client.wait_events(op, 5, timeout=10)] == [
+                1,
+                2,
+                3,
+                4,
+                5,
+            ]
+        await client.close()
+        resumed = await WsClient.open(bridge.url)
+        reply = await resumed.request("subscribe", operation_id=ops[0], since=3)
+        assert reply["replayed"] == 2 and reply["recovered"] is True
+        stats = (await resumed.request("get_stats"))["stats"]
+        assert stats["active_operations"] >= len(ops)
+        await resumed.close()
+
+
+async def test_a_master_restart_loses_nothing_for_a_subscriber(
+    cluster: LocalCluster, cluster_settings: Settings, cluster_store: EventStore
+) -> None:
+    op = ops_in_every_partition(cluster_store, per_partition=1)[0]
+    node = cluster.node_of(cluster_store.keys.snapshot(op))
+    producer = Producer(replace(cluster_settings, emit_timeout=0.5), backoff=0.2)
+    try:
+        producer.emit(Event("status", op, status_data("queued")))
+        async with running_bridge(
+            cluster_settings.redis_url,
+            cluster_settings.prefix,
+            redis_cluster=True,
+            live_partitions=PARTITIONS,
+        ) as bridge:
+            client = await WsClient.open(bridge.url)
+            await client.request("subscribe", operation_id=op)
+            for number in range(1, 31):
+                if number == 10:
+                    await asyncio.to_thread(node.stop)
+                if number == 20:
+                    await asyncio.to_thread(node.start)
+                    await asyncio.to_thread(cluster.wait_ok)
+                producer.emit(Event("log", op, log_data("info", str(number))))
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(wait_for, lambda: producer.stats()["outbox"] == 0, 20)
+            stats = producer.stats()
+            events = await client.wait_events(op, 31, timeout=20)
+            await client.close()
+    finally:
+        producer.close()
+    assert stats["failed"] >= 1 and stats["queued"] >= 1, "the master was never missed"
+    assert [e["seq"] for e in events] == list(range(1, 32))
+    assert [e["data"]["message"] for e in events[1:]] == [str(n) for n in range(1, 31)]
+
+
+def test_a_cluster_without_partitions_is_a_one_line_error_naming_the_setting() -> None:
+    env = dict(os.environ, TASKCAST_REDIS_CLUSTER="true", TASKCAST_LIVE_PARTITIONS="1")
+    process = BridgeProcess("--port", "0", env=env)
+    assert process.process.wait(15) == 2
+    process.stop()
+    assert any("TASKCAST_LIVE_PARTITIONS" in line for line in process.lines), process.lines
