@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 
 import orjson
 import redis
@@ -74,6 +76,7 @@ class Producer:
         # event queues behind them; the drainer next tries at _retry_at.
         self._inflight = False
         self._retry_at = 0.0
+        self._tokens = itertools.count(1)
         self._last_log = float("-inf")
         self._unlogged_failures = 0
         self._next_report = 0.0
@@ -88,6 +91,7 @@ class Producer:
         # Redis call; a stripe lock, taken first, keeps one operation's events in
         # order while appends of different operations run in parallel.
         self._lock = threading.RLock()
+        self.store.new_writer()
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._wake = threading.Condition(self._lock)
         # One drainer at a time (the background thread, or close() at shutdown),
@@ -195,6 +199,7 @@ class Producer:
 
     def _store(self, event: Event) -> int:
         """Append now, or queue behind what already waits; on a store error, queue it."""
+        event = replace(event, token=next(self._tokens))
         with self._lock:
             if self._inflight or len(self.outbox):
                 self.outbox.put(event)

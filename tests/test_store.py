@@ -6,7 +6,7 @@ import threading
 
 import orjson
 
-from taskcast.events import Event, error_data, progress_data, status_data
+from taskcast.events import Event, error_data, log_data, progress_data, status_data
 from taskcast.store import EventStore
 
 
@@ -146,3 +146,19 @@ def test_a_store_gone_back_in_time_does_not_hand_out_a_seq_twice(store: EventSto
     other_writer = EventStore(store.client, prefix=store.keys.prefix)
     assert other_writer.append(status("op", "more")) == 2  # no ledger: no new epoch
     assert store.snapshot("op")["epoch"] == snapshot["epoch"]
+
+
+def test_an_append_retried_after_its_reply_was_lost_is_stored_once(store: EventStore) -> None:
+    """The producer retries with the same token when it cannot know if Redis ran the append."""
+    first = Event("log", "op", log_data("info", "once"), token=1)
+    assert store.append(first) == 1
+    assert store.append(first) == 1  # the retry: already there
+    assert store.append(Event("log", "op", log_data("info", "next"), token=2)) == 2
+    other_writer = EventStore(store.client, prefix=store.keys.prefix)
+    assert other_writer.append(Event("log", "op", log_data("info", "theirs"), token=1)) == 3
+    assert [orjson.loads(e)["data"]["message"] for _, e in store.history("op")] == [
+        "once",
+        "next",
+        "theirs",
+    ]
+    assert not any(name.startswith("_") for name in store.snapshot("op"))

@@ -44,6 +44,9 @@ class Event:
     # A status that reopens an operation that ended, whatever the status: a task
     # redelivered after its worker died (and was swept ``lost``) runs again.
     reopens: bool = False
+    # The producer's own number for this event (0: none). An append retried after
+    # its reply was lost carries the same number, so the store keeps it once.
+    token: int = 0
 
     @property
     def kind(self) -> bytes:

@@ -181,7 +181,7 @@ def decode_snapshot(raw: Mapping[bytes, bytes]) -> dict[str, Any] | None:
     snapshot = dict(SNAPSHOT_DEFAULTS)
     for key, value in raw.items():
         name = key.decode()
-        if name not in _INTERNAL_FIELDS:
+        if name not in _INTERNAL_FIELDS and not name.startswith("_"):
             snapshot[name] = orjson.loads(value)
     snapshot["event_count"] = snapshot["last_seq"]
     return snapshot

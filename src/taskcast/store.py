@@ -38,11 +38,15 @@ WRITTEN_LIMIT = 10_000
 #       7 score (µs, an integer), 8 kind (n/t/r), 9 random characters for a new epoch,
 #       10 the epoch this writer last stored in ('' if none), 11 the seq it got there,
 #       12 the operation type ('' if the event has none), 13 the same as JSON,
-#       14 '1' for a milestone (any event but progress and log), 15 number of
+#       14 '1' for a milestone (any event but progress and log), 15 the writer's id
+#       ('' for none), 16 the writer's number for this event, 17 number of
 #       overwrite pairs, then the overwrite pairs, then the pairs to set only when
 #       the snapshot is new.
 # Returns {seq, epoch}: seq 0 when the operation already ended, -1 when the marker
-# says the event was stored before (nothing stored in either case).
+# says the event was stored before (nothing stored in either case). A writer's
+# numbers for one operation only grow, and the snapshot keeps the last one it
+# stored (``_w:<writer>``): an append retried after its reply was lost (a timeout,
+# a cut link) finds its number there and is not stored again.
 #
 # The epoch (PROTOCOL.md "History epochs") is chosen with the first event the store
 # holds for an operation: after Redis lost everything, the next event starts a new
@@ -63,9 +67,14 @@ WRITTEN_LIMIT = 10_000
 # stale members never show).
 APPEND_SCRIPT = """
 local kind = ARGV[8]
-local state = redis.call('HMGET', KEYS[1], 'epoch', 'last_seq', 'terminal', '_type', '_indexed')
+local writer = ARGV[15] ~= '' and '_w:' .. ARGV[15] or '_indexed'
+local state = redis.call('HMGET', KEYS[1], 'epoch', 'last_seq', 'terminal', '_type', '_indexed',
+  writer)
 local epoch, last, terminal, optype = state[1], tonumber(state[2] or '0'), state[3], state[4]
 local now = tonumber(ARGV[7])
+if ARGV[15] ~= '' and epoch and tonumber(state[6] or '0') >= tonumber(ARGV[16]) then
+  return {last, epoch}
+end
 local created = not state[2]
 local renewed = not epoch
 if epoch and epoch == ARGV[10] and last < tonumber(ARGV[11]) then
@@ -88,8 +97,12 @@ if renewed then
   fields[#fields + 1] = 'epoch'
   fields[#fields + 1] = epoch
 end
-local first_absent = 16 + 2 * tonumber(ARGV[15])
-for i = 16, first_absent - 1 do fields[#fields + 1] = ARGV[i] end
+if ARGV[15] ~= '' then
+  fields[#fields + 1] = writer
+  fields[#fields + 1] = ARGV[16]
+end
+local first_absent = 18 + 2 * tonumber(ARGV[17])
+for i = 18, first_absent - 1 do fields[#fields + 1] = ARGV[i] end
 if created then
   for i = first_absent, #ARGV do fields[#fields + 1] = ARGV[i] end
 end
@@ -152,6 +165,12 @@ class EventStore:
         # The (epoch, seq) this store object last got per unfinished operation: what
         # lets the script notice a store that went back in time (see APPEND_SCRIPT).
         self._written: dict[str, tuple[bytes, int]] = {}
+        self.new_writer()
+
+    def new_writer(self) -> None:
+        """Take a new writer id (events' ``token`` count per writer): a forked child must,
+        or it would share its parent's numbers."""
+        self.writer = os.urandom(4).hex()
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> EventStore:
@@ -214,6 +233,8 @@ class EventStore:
             event.operation_type or "",
             typed,
             "0" if event.event_type in ("progress", "log") else "1",
+            self.writer if event.token else "",
+            event.token,
             len(overwrite),
         ]
         for mapping in (overwrite, if_absent):
