@@ -8,13 +8,14 @@ create`` assigns the slots.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import redis
 from helpers import wait_for
 from system_packages import require_binary
 
-from taskcast.embedded_redis import EmbeddedRedis
+from taskcast.embedded_redis import EmbeddedRedis, free_port
 
 CLUSTER_ARGS = (
     "--cluster-enabled",
@@ -26,12 +27,30 @@ CLUSTER_ARGS = (
 )
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) exists and is free too."""
+    while True:
+        port = free_port()
+        if port + 10_000 < 65_536 and port_is_free(port + 10_000):
+            return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class LocalCluster:
     """Three master nodes; :attr:`url` points a cluster client at the first."""
 
     def __init__(self, masters: int = 3) -> None:
         self.nodes = [
-            EmbeddedRedis(persistent=True, extra_args=CLUSTER_ARGS) for _ in range(masters)
+            EmbeddedRedis(cluster_port(), persistent=True, extra_args=CLUSTER_ARGS)
+            for _ in range(masters)
         ]
 
     @property
