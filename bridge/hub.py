@@ -39,14 +39,20 @@ def stored_at(stream_id: bytes) -> float:
 
 
 class Frame:
-    """One outgoing WebSocket text frame; a live event's frame is shared by all recipients."""
+    """One outgoing WebSocket text frame; a live event's frame is shared by all recipients.
 
-    __slots__ = ("payload", "kind", "stored_at")
+    ``wire`` caches the frame as it goes on the wire (header and payload), which
+    the adapter builds once for all the recipients that need no per-connection
+    encoding: server frames are not masked.
+    """
+
+    __slots__ = ("payload", "kind", "stored_at", "wire")
 
     def __init__(self, payload: bytes, kind: int = REPLY, stored_at: float = 0.0) -> None:
         self.payload = payload
         self.kind = kind
         self.stored_at = stored_at
+        self.wire: bytes | None = None
 
 
 class Subscription:

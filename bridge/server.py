@@ -28,6 +28,8 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame as WireFrame
+from websockets.frames import Opcode
 from websockets.protocol import State
 
 from taskcast.bridge import presence
@@ -412,15 +414,32 @@ class Bridge:
             peer.writer = asyncio.get_running_loop().create_task(self._drain(peer))
 
     def _write_direct(self, peer: Peer, room: int) -> None:
-        """Encode frames until ``room`` bytes are used up and write them at once."""
-        hub, protocol = self.hub, peer.ws.protocol
+        """Take frames until ``room`` bytes are used up and write them at once.
+
+        Without a compression extension a frame's bytes are the same for every
+        connection, so each is serialized once (``Frame.wire``) and shared; the
+        protocol object, which only tracks fragmentation and closing, is not
+        involved in sending complete text frames. With compression, websockets
+        encodes per connection (each has its own deflate context).
+        """
+        hub, ws = self.hub, peer.ws
         lag, now = self.metrics.delivery_lag, time.time()
+        shared = not ws.protocol.extensions
+        chunks: list[bytes] = []
         while room > 0 and (frame := hub.take(peer)) is not None:
-            protocol.send_text(frame.payload)
+            if shared:
+                wire = frame.wire
+                if wire is None:
+                    wire = frame.wire = WireFrame(Opcode.TEXT, frame.payload).serialize(mask=False)
+                chunks.append(wire)
+            else:
+                ws.protocol.send_text(frame.payload)
             room -= len(frame.payload)
             if frame.kind == LIVE:
                 lag.observe(max(0.0, now - frame.stored_at))
-        peer.ws.transport.write(b"".join(protocol.data_to_send()))
+        if not shared:
+            chunks = ws.protocol.data_to_send()
+        ws.transport.write(b"".join(chunks))
 
     async def _drain(self, peer: Peer) -> None:
         ws, hub, lag = peer.ws, self.hub, self.metrics.delivery_lag
