@@ -133,8 +133,8 @@ class Bench:
             self._queues[progress_interval] = queue
         return self._queues[progress_interval]
 
-    def bridge(self, port: int = 0) -> Endpoint:
-        return self.procs.bridge(self.store.url, self.prefix, port)
+    def bridge(self, port: int = 0, processes: int = 1) -> Endpoint:
+        return self.procs.bridge(self.store.url, self.prefix, port, processes)
 
     def redis_load(self) -> dict[str, float]:
         """Counters to diff around a measurement: commands processed and CPU seconds."""

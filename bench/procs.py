@@ -138,12 +138,13 @@ class Processes:
         """Start ``python -m ...`` with this interpreter."""
         return self.start(name, [sys.executable, "-m", *module_args], env, ready, timeout)
 
-    def bridge(self, redis_url: str, prefix: str, port: int = 0) -> Endpoint:
-        """``taskcast serve`` on loopback; ``port`` 0 lets it pick a free one."""
+    def bridge(self, redis_url: str, prefix: str, port: int = 0, processes: int = 1) -> Endpoint:
+        """``taskcast serve`` on loopback; ``port`` 0 lets it pick a free one; with
+        ``processes`` > 1, ready once the first process listens."""
         child = self.python(
             "bridge",
             ["taskcast", "serve", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--redis-url", redis_url, "--prefix", prefix],
+            + ["--redis-url", redis_url, "--prefix", prefix, "--processes", str(processes)],
             env={
                 "TASKCAST_REDIS_URL": redis_url,
                 "TASKCAST_PREFIX": prefix,

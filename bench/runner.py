@@ -19,7 +19,16 @@ from types import FrameType
 
 from rich.console import Console
 
-from . import connections, latency, polling, producer_cost, recovery, store_cost, throughput
+from . import (
+    connections,
+    latency,
+    polling,
+    producer_cost,
+    recovery,
+    scale,
+    store_cost,
+    throughput,
+)
 from .context import FULL, QUICK, Bench
 from .machine import machine_info
 from .procs import Processes, raise_nofile_limit
@@ -34,6 +43,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "connections": connections.run,
     "recovery": recovery.run,
     "store-cost": store_cost.run,
+    "scale": scale.run,
 }
 
 

@@ -22,6 +22,8 @@ SCENARIOS = {
     "throughput": "2 throughput",
     "connections": "3 connections",
     "recovery": "5 recovery",
+    "store-cost": "7 store cost",
+    "scale": "8 scale",
 }
 
 
@@ -58,6 +60,7 @@ def test_no_scenario_lost_or_duplicated_an_event(quick_run: dict) -> None:
         "2 throughput",
         "3 connections",
         "5 recovery",
+        "8 scale",
     }
     for row in checked:
         assert (row["lost"], row["duplicates"]) == (0, 0), row
