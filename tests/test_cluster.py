@@ -9,9 +9,10 @@ from dataclasses import replace
 
 import pytest
 from bridge_helpers import BridgeProcess, WsClient, running_bridge
-from cluster_helpers import LocalCluster
+from cluster_helpers import local_cluster
 from helpers import wait_for
 
+from taskcast.embedded_redis import EmbeddedCluster
 from taskcast.events import Event, log_data, status_data
 from taskcast.store import EventStore
 from taskcast.tasks.producer import Producer
@@ -21,14 +22,14 @@ PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    local = LocalCluster().start()
+def cluster() -> Iterator[EmbeddedCluster]:
+    local = local_cluster()
     yield local
     local.close()
 
 
 @pytest.fixture
-def cluster_settings(cluster: LocalCluster, prefix: str) -> Settings:
+def cluster_settings(cluster: EmbeddedCluster, prefix: str) -> Settings:
     return load_settings(
         {},
         redis_url=cluster.url,
@@ -60,7 +61,7 @@ def ops_in_every_partition(store: EventStore, per_partition: int = 2) -> list[st
 
 
 def test_every_append_touches_one_slot_and_partitions_spread_over_the_masters(
-    cluster: LocalCluster, cluster_store: EventStore
+    cluster: EmbeddedCluster, cluster_store: EventStore
 ) -> None:
     keys = cluster_store.keys
     masters = {cluster.node_of(key).port for key in keys.lives}
@@ -114,7 +115,7 @@ async def test_the_bridge_replays_streams_and_resumes_across_partitions(
 
 
 async def test_a_master_restart_loses_nothing_for_a_subscriber(
-    cluster: LocalCluster, cluster_settings: Settings, cluster_store: EventStore
+    cluster: EmbeddedCluster, cluster_settings: Settings, cluster_store: EventStore
 ) -> None:
     op = ops_in_every_partition(cluster_store, per_partition=1)[0]
     node = cluster.node_of(cluster_store.keys.snapshot(op))

@@ -146,7 +146,10 @@ def test_bridges_on_two_hosts_stream_the_same_and_a_cut_link_loses_nothing(
     for follower in followers.values():
         follower.wait(90)
     streams = {
-        name: [orjson.loads(line) for line in (tmp_path / f"client-{name}.log").read_text().splitlines()]
+        name: [
+            orjson.loads(line)
+            for line in (tmp_path / f"client-{name}.log").read_text().splitlines()
+        ]
         for name in followers
     }
     seen = {

@@ -124,3 +124,106 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+CLUSTER_ARGS = (
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "2000",
+)
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) exists and is free too."""
+    while True:
+        port = free_port()
+        if port + 10_000 < 65_536 and _port_is_free(port + 10_000):
+            return port
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class EmbeddedCluster:
+    """A throw-away Redis Cluster on loopback: ``masters`` nodes, no replicas.
+
+    Each node is an :class:`EmbeddedRedis` with ``--cluster-enabled``; with
+    ``persistent`` (an append-only file, synced on every write) one can be
+    stopped and started again with its slots and data (a master restart).
+    ``redis-cli --cluster create`` assigns the slots. For the tests and
+    benchmarks of ``TASKCAST_REDIS_CLUSTER``.
+    """
+
+    def __init__(self, masters: int = 3, persistent: bool = True) -> None:
+        self.nodes = [
+            EmbeddedRedis(cluster_port(), persistent=persistent, extra_args=CLUSTER_ARGS)
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Where a cluster client starts (it discovers the other nodes)."""
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> EmbeddedCluster:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (Debian: apt-get install redis-tools)")
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        created = subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            self.close()
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}")
+        self.wait_ok(timeout)
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node says the cluster is up (all slots served)."""
+        deadline = time.monotonic() + timeout
+        while not all(_cluster_ok(node.port) for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster was not up within {timeout:.0f}s")
+            time.sleep(0.1)
+
+    def node_of(self, key: str) -> EmbeddedRedis:
+        """The master serving ``key``'s slot (the others answer MOVED)."""
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            try:
+                client.exists(key)
+                return node
+            except redis.ResponseError:
+                continue
+            finally:
+                client.close()
+        raise LookupError(f"no node serves {key}")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+def _cluster_ok(port: int) -> bool:
+    client = redis.Redis(port=port, socket_timeout=1)
+    try:
+        return client.cluster("info").get("cluster_state") == "ok"
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
