@@ -21,7 +21,7 @@ import taskcast.client as client_module
 from taskcast.bridge import Bridge
 from taskcast.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
 from taskcast.embedded_redis import EmbeddedRedis, free_port
-from taskcast.events import Event, status_data
+from taskcast.events import Event, log_data, status_data
 from taskcast.store import EventStore
 
 
@@ -121,6 +121,39 @@ async def test_watch_resubscribes_once_the_store_is_back_when_a_resume_found_it_
             server.start()
             await asyncio.to_thread(store.append, Event("status", "op", status_data("queued")))
             assert (await asyncio.wait_for(first, timeout=10))["seq"] == 1
+
+
+async def test_watch_follows_a_history_into_a_new_epoch_when_redis_restarts_empty(
+    prefix: str,
+) -> None:
+    """Seqs start again at 1 after Redis lost the history: the watch takes them as new."""
+    with EmbeddedRedis() as server:
+        store = EventStore(redis.Redis.from_url(server.url), prefix=prefix)
+        store.append(Event("status", "op", status_data("running")))
+        async with (
+            running_bridge(server.url, prefix) as bridge,
+            TaskcastClient(bridge.url) as client,
+        ):
+            watch = client.watch("op")
+            received = [await anext(watch)]
+            for number in range(1, 4):
+                await asyncio.to_thread(
+                    store.append, Event("log", "op", log_data("info", str(number)))
+                )
+                received.append(await asyncio.wait_for(anext(watch), 5))
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.start)  # empty
+            for number in range(4, 7):
+                await asyncio.to_thread(
+                    store.append, Event("log", "op", log_data("info", str(number)))
+                )
+            await asyncio.to_thread(store.append, Event("completed", "op", {"status": "completed"}))
+            received += [event async for event in watch]
+    lines = [event["data"]["message"] for event in received if event["event_type"] == "log"]
+    assert lines == ["1", "2", "3", "4", "5", "6"] and received[-1]["event_type"] == "completed"
+    epochs = [event["epoch"] for event in received]
+    assert len(set(epochs)) == 2 and epochs == sorted(epochs)
+    assert [event["seq"] for event in received] == [1, 2, 3, 4, 1, 2, 3, 4]
 
 
 def test_sync_client_for_scripts(
