@@ -18,6 +18,7 @@ in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -184,6 +185,7 @@ class Bridge:
         self._tail_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
+        self._presence_stop = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._due: list[Peer] = []
         self._counts: tuple[float, tuple[int, int]] | None = None
@@ -258,10 +260,13 @@ class Bridge:
     async def _stop_store_tasks(self) -> None:
         if self._revoker is not None:
             self._revoker.close()
-        periodic = [task for task in (self._sweep_task, self._presence_task) if task is not None]
-        for task in periodic:
-            task.cancel()
-        await asyncio.gather(*periodic, return_exceptions=True)
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()  # its Redis calls run in a thread
+        if self._presence_task is not None:
+            self._presence_stop.set()
+            done, _ = await asyncio.wait([self._presence_task], timeout=CLOSE_TIMEOUT)
+            if not done:
+                self._presence_task.cancel()
         if self._tail_task is not None:
             await self.tail.stop(self._tail_task)
         await self.tail.close()
@@ -655,8 +660,11 @@ class Bridge:
         return stats
 
     async def _report_presence(self) -> None:
-        """Tell the other bridge processes of this store what this one serves (presence.py)."""
-        while True:
+        """Tell the other bridge processes of this store what this one serves (presence.py).
+
+        Stopped through ``_presence_stop``, not cancelled: cancelling a redis.asyncio
+        call while it connects can leave the task hanging (see LiveTail.stop)."""
+        while not self._presence_stop.is_set():
             try:
                 await presence.report(
                     self.reader.client,
@@ -667,7 +675,8 @@ class Bridge:
                 )
             except STORE_ERRORS as exc:
                 log.debug("presence report skipped: %s", exc)
-            await asyncio.sleep(presence.REPORT_SECONDS)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._presence_stop.wait(), presence.REPORT_SECONDS)
 
     async def producer_totals(self) -> dict[str, int]:
         """Worker processes' producer counters for /metrics; none while Redis is down."""

@@ -45,7 +45,6 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-import redis
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
@@ -195,6 +194,8 @@ def record_redelivered(request: Any = None, **_: Any) -> None:
         return
     if not records_lifecycle(request.task):
         return
+    import redis  # here, not at import: importing redis loads its asyncio client too
+
     producer = get_producer()
     store = producer.store
     try:

@@ -8,6 +8,7 @@ reads in the protocol; tokens are real JWTs (PyJWT), minted with
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -200,7 +201,7 @@ async def test_origin_allowlist_refuses_other_browser_origins(redis_url: str, pr
         assert status == 403
 
 
-def test_serving_a_network_address_without_a_key_is_refused_in_one_line() -> None:
+def test_serving_a_network_address_without_a_key_is_refused_in_one_line(redis_url: str) -> None:
     refused = subprocess.run(
         [sys.executable, "-m", "taskcast", "serve", "--host", "0.0.0.0", "--port", "0"],
         capture_output=True,
@@ -211,7 +212,8 @@ def test_serving_a_network_address_without_a_key_is_refused_in_one_line() -> Non
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1
     assert "TASKCAST_AUTH_SECRET" in refused.stderr and "--insecure" in refused.stderr
-    insecure = BridgeProcess("--host", "0.0.0.0", "--port", "0", "--insecure")
+    env = dict(os.environ, TASKCAST_REDIS_URL=redis_url)  # the test's own Redis
+    insecure = BridgeProcess("--host", "0.0.0.0", "--port", "0", "--insecure", env=env)
     try:
         insecure.wait_listening()
     finally:
