@@ -9,8 +9,9 @@ one worker is SIGKILLed (its whole process group) and started again under
 its name. Every 10 s the RSS of each process is sampled.
 
 Reported: the RSS of each process over time (first, last, peak), the events
-the clients lost and saw twice, operations the workers never ended (stuck),
-the submission rate reached, and the machine. Written to
+the clients lost and saw twice, operations not ended 30 s after the last
+submission by status (``queued``: still waiting in the broker; any other:
+stuck), the submission rate reached, and the machine. Written to
 ``bench/results/soak.json`` (``--out``).
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -161,22 +163,33 @@ def submit_for(stack: Stack, seconds: float, rate: float, kill_every: float, sam
     return sent, kills, time.time() - started
 
 
-def stuck(stack: Stack, sent: list[str], wait: float) -> int:
-    """Operations not ended ``wait`` seconds after the last submission."""
-    import redis
+def unfinished(stack: Stack, sent: list[str], wait: float) -> dict[str, int]:
+    """Operations not ended ``wait`` seconds after the last submission, by status.
 
+    ``queued`` ones wait in the broker (a backlog the workers did not reach, or
+    messages a killed worker had prefetched, which Redis as a broker hands out
+    again only after its visibility timeout); any other status would be an
+    operation stuck for good, which the lost-worker sweep must prevent.
+    """
     store = EventStore(redis.Redis.from_url(stack.store_redis.url), prefix="soak:")
     deadline = time.time() + wait
-    unfinished = list(sent)
-    while unfinished and time.time() < deadline:
-        unfinished = [op for op in unfinished if _unfinished(store, op)]
+    left = list(sent)
+    while left and time.time() < deadline:
+        left = [op for op in left if _status(store, op) not in FINISHED]
         time.sleep(1.0)
-    return len(unfinished)
+    counts: dict[str, int] = {}
+    for op in left:
+        status = _status(store, op) or "missing"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
-def _unfinished(store: EventStore, operation_id: str) -> bool:
+FINISHED = ("completed", "failed", "revoked", "lost")
+
+
+def _status(store: EventStore, operation_id: str) -> str | None:
     snapshot = store.snapshot(operation_id)
-    return snapshot is None or snapshot["status"] not in ("completed", "failed", "revoked", "lost")
+    return None if snapshot is None else snapshot["status"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         for process in clients:
             process.start()
         sent, kills, took = submit_for(stack, seconds, args.rate, args.kill_every, samples)
-        never_ended = stuck(stack, sent, wait=30.0)
+        backlog = redis.Redis.from_url(stack.broker_redis.url).llen(QUEUE)
+        left = unfinished(stack, sent, wait=30.0)
+        stuck = sum(count for status, count in left.items() if status != "queued")
         samples.take(stack.roles())
         tally = Tally()
         for _ in clients:
@@ -214,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "operations": len(sent),
         "rate_reached": round(len(sent) / took, 1),
         "kills": kills,
-        "stuck": never_ended,
+        "broker_backlog_at_end": backlog,
+        "unfinished": left,
+        "stuck": stuck,
         "clients": tally.__dict__,
         "rss": samples.summary(),
         "rss_series": samples.series,
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print_report(report)
-    return 0 if tally.lost == tally.duplicates == never_ended == 0 else 1
+    return 0 if tally.lost == tally.duplicates == stuck == 0 else 1
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -236,7 +253,9 @@ def print_report(report: dict[str, Any]) -> None:
     clients = report["clients"]
     console.print(
         f"{report['operations']:,} operations at {report['rate_reached']}/s, kills "
-        f"{report['kills']}, stuck {report['stuck']}; clients: {clients['connections']} "
+        f"{report['kills']}, stuck {report['stuck']} (unfinished by status: "
+        f"{report['unfinished']}; {report['broker_backlog_at_end']:,} messages still in "
+        f"the broker queue at the end); clients: {clients['connections']} "
         f"connections followed {clients['followed']:,} operations, {clients['events']:,} "
         f"events, lost {clients['lost']}, duplicates {clients['duplicates']}, "
         f"reconnects {clients['reconnects']}, renewed epochs {clients['renewed']}"
