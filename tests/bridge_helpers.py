@@ -34,7 +34,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from taskcast.bridge.server import Bridge
+from taskcast.client import TaskcastClient
 from taskcast.embedded_redis import free_port
+from taskcast.events import Event, log_data, status_data
+from taskcast.store import EventStore
 from taskcast.worker_config.settings import load_settings
 
 LISTENING = re.compile(r"taskcast bridge listening on ws://(?P<host>[^:]+):(?P<port>\d+)/ws")
@@ -239,3 +242,33 @@ class RestartableBridge:
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
         if self.process is not None:
             self.process.stop(signum)
+
+
+def produce_numbered(
+    store: EventStore, operations: list[str], go: threading.Event, count: int, pause: float
+) -> None:
+    """``queued`` for each operation, then (once ``go`` is set) log lines 1..``count``
+    round-robin over them, ``pause`` seconds apart, then ``completed`` for each."""
+    for op in operations:
+        store.append(Event("status", op, status_data("queued")))
+    go.wait()
+    for number in range(1, count + 1):
+        for op in operations:
+            store.append(Event("log", op, log_data("info", str(number))))
+        threading.Event().wait(pause)
+    for op in operations:
+        store.append(Event("completed", op, {"status": "completed"}))
+
+
+async def follow_seqs(url: str, operation_id: str, subscribed: asyncio.Event) -> list[int]:
+    """Watch one operation to its end with a :class:`TaskcastClient`; the seqs it got.
+
+    ``subscribed`` is set once the watch's subscribe has gone out."""
+    async with TaskcastClient(url, max_reconnect_time=60) as client:
+        events = client.watch(operation_id)
+        first = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0)
+        subscribed.set()
+        seqs = [(await first)["seq"]]
+        seqs += [event["seq"] async for event in events]
+    return seqs

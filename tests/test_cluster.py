@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from bridge_helpers import BridgeProcess, WsClient, running_bridge
 from cluster_helpers import local_cluster
 from helpers import wait_for
 
+from taskcast.bridge import Bridge
 from taskcast.embedded_redis import EmbeddedCluster
 from taskcast.events import Event, log_data, status_data
 from taskcast.store import EventStore
@@ -48,6 +50,13 @@ def cluster_store(cluster_settings: Settings) -> Iterator[EventStore]:
     store.client.close()
 
 
+def cluster_bridge(settings: Settings) -> AbstractAsyncContextManager[Bridge]:
+    """An in-process bridge on the cluster, tailing every partition."""
+    return running_bridge(
+        settings.redis_url, settings.prefix, redis_cluster=True, live_partitions=PARTITIONS
+    )
+
+
 def ops_in_every_partition(store: EventStore, per_partition: int = 2) -> list[str]:
     found: dict[int, list[str]] = {n: [] for n in range(PARTITIONS)}
     candidate = 0
@@ -82,12 +91,7 @@ async def test_the_bridge_replays_streams_and_resumes_across_partitions(
     ops = ops_in_every_partition(cluster_store, per_partition=1)
     for op in ops:
         cluster_store.append(Event("status", op, status_data("queued")))
-    async with running_bridge(
-        cluster_settings.redis_url,
-        cluster_settings.prefix,
-        redis_cluster=True,
-        live_partitions=PARTITIONS,
-    ) as bridge:
+    async with cluster_bridge(cluster_settings) as bridge:
         client = await WsClient.open(bridge.url)
         for op in ops:
             reply = await client.request("subscribe", operation_id=op)
@@ -122,12 +126,7 @@ async def test_a_master_restart_loses_nothing_for_a_subscriber(
     producer = Producer(replace(cluster_settings, emit_timeout=0.5), backoff=0.2)
     try:
         producer.emit(Event("status", op, status_data("queued")))
-        async with running_bridge(
-            cluster_settings.redis_url,
-            cluster_settings.prefix,
-            redis_cluster=True,
-            live_partitions=PARTITIONS,
-        ) as bridge:
+        async with cluster_bridge(cluster_settings) as bridge:
             client = await WsClient.open(bridge.url)
             await client.request("subscribe", operation_id=op)
             for number in range(1, 31):

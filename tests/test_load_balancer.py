@@ -12,13 +12,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from bridge_helpers import RestartableBridge, http_get
+from bridge_helpers import RestartableBridge, follow_seqs, http_get, produce_numbered
 from helpers import wait_for, worker_env
 from system_packages import require_binary
 
-from taskcast.client import TaskcastClient
 from taskcast.embedded_redis import free_port
-from taskcast.events import Event, log_data, status_data
 
 OPERATIONS = 5
 CLIENTS = 100
@@ -79,29 +77,6 @@ def answers(url: str) -> bool:
         return False
 
 
-def produce(store, operations: list[str], go: threading.Event) -> None:
-    for op in operations:
-        store.append(Event("status", op, status_data("queued")))
-    go.wait()
-    for number in range(1, EVENTS + 1):
-        for op in operations:
-            store.append(Event("log", op, log_data("info", str(number))))
-        threading.Event().wait(0.03)
-    for op in operations:
-        store.append(Event("completed", op, {}))
-
-
-async def follow(url: str, operation_id: str, subscribed: asyncio.Event) -> list[int]:
-    async with TaskcastClient(url) as client:
-        events = client.watch(operation_id)
-        first = asyncio.ensure_future(anext(events))
-        await asyncio.sleep(0)
-        subscribed.set()
-        seqs = [(await first)["seq"]]
-        seqs += [event["seq"] async for event in events]
-    return seqs
-
-
 def connected(bridge: RestartableBridge) -> int:
     _, _, body = http_get(f"http://127.0.0.1:{bridge.port}/api/stats")
     return orjson.loads(body)["stats"]["connected_clients"]
@@ -113,13 +88,13 @@ async def test_clients_behind_haproxy_resume_on_the_other_bridge_when_one_dies(
     port, bridges = balanced
     operations = [f"lb-{n}" for n in range(OPERATIONS)]
     go = threading.Event()
-    producer = threading.Thread(target=produce, args=(store, operations, go))
+    producer = threading.Thread(target=produce_numbered, args=(store, operations, go, EVENTS, 0.03))
     producer.start()
     try:
         ready = [asyncio.Event() for _ in range(CLIENTS)]
         url = f"ws://127.0.0.1:{port}/ws"
         followers = [
-            asyncio.create_task(follow(url, operations[n % OPERATIONS], event))
+            asyncio.create_task(follow_seqs(url, operations[n % OPERATIONS], event))
             for n, event in enumerate(ready)
         ]
         await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), 60)

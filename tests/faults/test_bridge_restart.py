@@ -5,48 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from typing import Any
 
 import orjson
-from bridge_helpers import RestartableBridge, http_get
-
-from taskcast.client import TaskcastClient
-from taskcast.events import Event, log_data, status_data
+from bridge_helpers import RestartableBridge, follow_seqs, http_get, produce_numbered
 
 OPERATIONS = 20
 CLIENTS_PER_OPERATION = 50
 EVENTS = 150  # per operation, after ``queued``
-
-
-def produce(stack: Any, operations: list[str], started: threading.Event) -> None:
-    """Log events round-robin over the operations, then end each; about 6 s in all."""
-    store = stack.store
-    for op in operations:
-        store.append(Event("status", op, status_data("queued"), operation_type="fault.a"))
-    started.wait()
-    for number in range(1, EVENTS + 1):
-        for op in operations:
-            store.append(Event("log", op, log_data("info", str(number))))
-        threading.Event().wait(0.04)
-    for op in operations:
-        store.append(Event("completed", op, {"result": None}))
-
-
-async def watch(url: str, operation_id: str, ready: asyncio.Event) -> list[int]:
-    client = TaskcastClient(url, max_reconnect_time=60)
-    await client.connect()
-    seqs: list[int] = []
-    try:
-        events = client.watch(operation_id)
-        first = asyncio.ensure_future(anext(events))
-        await asyncio.sleep(0)
-        ready.set()
-        seqs.append((await first)["seq"])
-        async for event in events:
-            seqs.append(event["seq"])
-    finally:
-        await client.close()
-    return seqs
 
 
 async def test_1000_clients_lose_and_repeat_nothing_through_a_bridge_sigkill_and_restart(
@@ -57,12 +22,14 @@ async def test_1000_clients_lose_and_repeat_nothing_through_a_bridge_sigkill_and
     bridge.start()
     operations = [f"fault-a-{n}" for n in range(OPERATIONS)]
     started = threading.Event()
-    producer = threading.Thread(target=produce, args=(stack, operations, started))
+    producer = threading.Thread(
+        target=produce_numbered, args=(stack.store, operations, started, EVENTS, 0.04)
+    )
     producer.start()
     try:
         readies = [asyncio.Event() for _ in range(OPERATIONS * CLIENTS_PER_OPERATION)]
         watchers = [
-            asyncio.create_task(watch(bridge.url, operations[n % OPERATIONS], ready))
+            asyncio.create_task(follow_seqs(bridge.url, operations[n % OPERATIONS], ready))
             for n, ready in enumerate(readies)
         ]
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
