@@ -9,9 +9,10 @@ one worker is SIGKILLed (its whole process group) and started again under
 its name. Every 10 s the RSS of each process is sampled.
 
 Reported: the RSS of each process over time (first, last, peak), the events
-the clients lost and saw twice, operations not ended 30 s after the last
-submission by status (``queued``: still waiting in the broker; any other:
-stuck), the submission rate reached, and the machine. Written to
+the clients lost and saw twice, the broker's backlog when submissions stop,
+operations not ended once the workers worked it off (up to 10 minutes) by
+status (``queued``: still waiting in the broker; any other: stuck), the
+submission rate reached, and the machine. Written to
 ``bench/results/soak.json`` (``--out``).
 """
 
@@ -164,23 +165,29 @@ def submit_for(stack: Stack, seconds: float, rate: float, kill_every: float, sam
 
 
 def unfinished(stack: Stack, sent: list[str], wait: float) -> dict[str, int]:
-    """Operations not ended ``wait`` seconds after the last submission, by status.
+    """Operations not ended once the workers worked off the broker's backlog, by status.
 
-    ``queued`` ones wait in the broker (a backlog the workers did not reach, or
-    messages a killed worker had prefetched, which Redis as a broker hands out
-    again only after its visibility timeout); any other status would be an
-    operation stuck for good, which the lost-worker sweep must prevent.
+    Waits up to ``wait`` seconds for the broker queue to empty and then for the
+    running operations to end. ``queued`` ones left wait in the broker (messages
+    a killed worker had prefetched, which Redis as a broker hands out again only
+    after its visibility timeout); any other status is an operation stuck for
+    good, which the lost-worker sweep must prevent.
     """
     store = EventStore(redis.Redis.from_url(stack.store_redis.url), prefix="soak:")
+    broker = redis.Redis.from_url(stack.broker_redis.url)
     deadline = time.time() + wait
     left = list(sent)
     while left and time.time() < deadline:
-        left = [op for op in left if _status(store, op) not in FINISHED]
+        statuses = {op: _status(store, op) for op in left}
+        left = [op for op, status in statuses.items() if status not in FINISHED]
+        if not broker.llen(QUEUE) and all(statuses[op] == "queued" for op in left):
+            break
         time.sleep(1.0)
     counts: dict[str, int] = {}
     for op in left:
         status = _status(store, op) or "missing"
-        counts[status] = counts.get(status, 0) + 1
+        if status not in FINISHED:
+            counts[status] = counts.get(status, 0) + 1
     return counts
 
 
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             process.start()
         sent, kills, took = submit_for(stack, seconds, args.rate, args.kill_every, samples)
         backlog = redis.Redis.from_url(stack.broker_redis.url).llen(QUEUE)
-        left = unfinished(stack, sent, wait=30.0)
+        left = unfinished(stack, sent, wait=600.0)
         stuck = sum(count for status, count in left.items() if status != "queued")
         samples.take(stack.roles())
         tally = Tally()
@@ -254,8 +261,8 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(
         f"{report['operations']:,} operations at {report['rate_reached']}/s, kills "
         f"{report['kills']}, stuck {report['stuck']} (unfinished by status: "
-        f"{report['unfinished']}; {report['broker_backlog_at_end']:,} messages still in "
-        f"the broker queue at the end); clients: {clients['connections']} "
+        f"{report['unfinished']}; {report['broker_backlog_at_end']:,} messages were in "
+        f"the broker queue when submissions stopped); clients: {clients['connections']} "
         f"connections followed {clients['followed']:,} operations, {clients['events']:,} "
         f"events, lost {clients['lost']}, duplicates {clients['duplicates']}, "
         f"reconnects {clients['reconnects']}, renewed epochs {clients['renewed']}"
