@@ -22,7 +22,6 @@ import base64
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import secrets
@@ -36,7 +35,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +53,7 @@ from taskcast.store import EventStore
 from taskcast.tasks.producer import Producer
 from taskcast.worker_config import load_settings
 
-from .machine import cpu_model
+from .machine import host_info
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "attacks.json"
@@ -121,15 +119,8 @@ def git_head(root: Path) -> str:
 def machine_info() -> dict[str, Any]:
     """Cores, load and versions: attack figures mean little without the machine."""
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
+        **host_info(),
         "websockets": websockets.__version__,
-        "os": platform.platform(),
         "nofile_limit_given": list(ORIGINAL_NOFILE),
     }
 

@@ -40,6 +40,12 @@ def machine_info(redis_url: str, root: Path) -> dict[str, Any]:
         redis_version = client.info("server")["redis_version"]
     finally:
         client.close()
+    return {**host_info(), "redis": redis_version, "commit": git_commit(root)}
+
+
+def host_info() -> dict[str, Any]:
+    """What every result file records of the machine: date, CPU, cores, memory, Python,
+    OS and the load when the run began."""
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
@@ -47,8 +53,6 @@ def machine_info(redis_url: str, root: Path) -> dict[str, Any]:
         "physical_cores": psutil.cpu_count(logical=False),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
-        "redis": redis_version,
         "os": platform.platform(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "commit": git_commit(root),
     }

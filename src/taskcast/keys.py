@@ -71,6 +71,8 @@ class Keys:
     partitions: int = 1
 
     def partition(self, operation_id: str) -> int:
+        if self.partitions == 1:
+            return 0  # no hashing on every append of the single-partition layout
         return zlib.crc32(operation_id.encode()) % self.partitions
 
     def _tag(self, operation_id: str) -> str:
