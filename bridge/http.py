@@ -7,12 +7,13 @@ replies) and the dashboard's static files. WebSocket upgrades to ``/ws`` or
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email.utils
 import http
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
@@ -24,6 +25,7 @@ from taskcast.bridge.access import Grant, TokenRejected, origin_allowed, request
 from taskcast.bridge.commands import (
     MAX_ID_LENGTH,
     CommandError,
+    encode,
     error_body,
     list_limit,
     list_status,
@@ -31,6 +33,7 @@ from taskcast.bridge.commands import (
 )
 from taskcast.bridge.limits import client_address
 from taskcast.bridge.reader import STORE_ERRORS
+from taskcast.bridge.sse import StreamRequestError, parse_stream_request
 from taskcast.protocol import (
     BAD_REQUEST,
     FORBIDDEN,
@@ -41,7 +44,9 @@ from taskcast.protocol import (
 )
 
 if TYPE_CHECKING:
+    from taskcast.bridge.event_stream import EventStream, EventStreams
     from taskcast.bridge.server import Bridge
+    from taskcast.worker_config.settings import Settings
 
 WEBSOCKET_PATHS = frozenset({"/", "/ws"})
 CONTENT_TYPES = {
@@ -78,13 +83,14 @@ SERVER_HEADER = "taskcast"  # no library or version for a scanner to match
 
 
 def response_head(status: int, length: int, content_type: str) -> list[tuple[str, str]]:
-    return [
+    head = [
         ("Date", email.utils.formatdate(usegmt=True)),
         ("Connection", "close"),
         ("Content-Length", str(length)),
         ("Content-Type", content_type),
         ("Cache-Control", "no-cache"),
     ]
+    return head if status != 204 else [item for item in head if item[0] != "Content-Length"]
 
 
 def response(status: int, body: bytes, content_type: str) -> Response:
@@ -94,13 +100,28 @@ def response(status: int, body: bytes, content_type: str) -> Response:
     return Response(code.value, code.phrase, headers, body)
 
 
-def raw_response(status: int, body: bytes, content_type: str) -> bytes:
-    """The same response as bytes, for requests websockets cannot parse (bodies)."""
+def raw_response(
+    status: int, body: bytes, content_type: str, extra: list[tuple[str, str]] | None = None
+) -> bytes:
+    """The same response as bytes, for requests answered without websockets (bodies,
+    event streams)."""
     code = http.HTTPStatus(status)
     head = [f"HTTP/1.1 {code.value} {code.phrase}"]
-    head += [f"{name}: {value}" for name, value in response_head(status, len(body), content_type)]
+    fields = response_head(status, len(body), content_type) + (extra or [])
+    head += [f"{name}: {value}" for name, value in fields]
     head.append(f"Server: {SERVER_HEADER}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def cors_headers(settings: Settings, origin: str | None) -> list[tuple[str, str]]:
+    """Pages on other origins import /taskcast.js as a module (a CORS fetch), read the
+    JSON API and open event streams: any origin may while no allowlist is set, else
+    only the listed ones (the others were refused before)."""
+    if not settings.allowed_origins:
+        return [("Access-Control-Allow-Origin", "*")]
+    if origin is None:
+        return []
+    return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -132,13 +153,8 @@ class HttpRoutes:
         return answer
 
     def _add_cors(self, answer: Response, origin: str | None) -> None:
-        """Pages on other origins import /taskcast.js as a module (a CORS fetch) and read the
-        JSON API: any origin may while no allowlist is set, else only the listed ones."""
-        if not self.bridge.settings.allowed_origins:
-            answer.headers["Access-Control-Allow-Origin"] = "*"
-        elif origin is not None:
-            answer.headers["Access-Control-Allow-Origin"] = origin
-            answer.headers["Vary"] = "Origin"
+        for name, value in cors_headers(self.bridge.settings, origin):
+            answer.headers[name] = value
 
     async def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -274,35 +290,91 @@ def _integer(raw: str) -> int:
 
 
 class BridgeConnection(ServerConnection):
-    """Answers requests websockets' handshake parser refuses, instead of dropping them.
+    """Reads a request's head before websockets does, for what websockets cannot answer.
 
     websockets reads no request body, so a POST with a body (or any chunked
-    request) would be closed without a reply; this looks at the request head
-    first and answers those with 405 (or 400) itself. Everything else goes to
-    websockets untouched.
+    request) would be closed without a reply: those get 405 (or 400) here. An
+    event stream is a response that never ends, which ``process_request`` cannot
+    give: the bridge's :class:`EventStreams` takes the transport over. Everything
+    else goes to websockets untouched, whose handshake (and its open timeout)
+    starts only then; until then ``HEAD_TIMEOUT`` bounds a client that sends
+    nothing.
     """
 
+    streams: ClassVar[EventStreams | None] = None  # set on each bridge's subclass
     _head = b""
     _sniffing = True
+    _websocket = False
+    _stream: EventStream | None = None
+    _deadline: asyncio.TimerHandle | None = None
+    _raw: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = cast(asyncio.Transport, transport)
+        self._deadline = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._raw.abort)
 
     def data_received(self, data: bytes) -> None:
-        if not self._sniffing:
+        if self._websocket:
             super().data_received(data)
+            return
+        if not self._sniffing:  # an event stream's client has nothing more to say
             return
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0 and len(self._head) < MAX_HEAD_BYTES:
             return
         head, self._head, self._sniffing = self._head, b"", False
-        refusal = refuse_body(head[: end if end >= 0 else len(head)])
-        if refusal is None:
-            super().data_received(head)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        transport = self._raw
+        assert transport is not None
+        request_head = head[: end if end >= 0 else len(head)]
+        refusal = refuse_body(request_head)
+        if refusal is None and self.streams is not None:
+            try:
+                request = parse_stream_request(request_head)
+            except StreamRequestError as exc:
+                refusal = raw_response(400, encode(error_body(BAD_REQUEST, str(exc))), JSON)
+            else:
+                if request is not None:
+                    self._stream = self.streams.take(transport, request)
+                    return
+        if refusal is not None:
+            transport.write(refusal)
+            transport.close()
             return
-        assert self.transport is not None
-        self.transport.write(refusal)
-        self.transport.close()
+        self._websocket = True
+        super().connection_made(transport)
+        super().data_received(head)
+
+    def eof_received(self) -> None:
+        """Before a WebSocket handshake there is nothing to tell websockets; the
+        transport closes itself."""
+        if self._websocket:
+            super().eof_received()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stream is not None:
+            self._stream.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._stream is not None:
+            self._stream.end()
+        if self._websocket:
+            super().connection_lost(exc)
 
 
+def connection_class(streams: EventStreams) -> type[BridgeConnection]:
+    """A BridgeConnection that hands event streams to ``streams`` (one bridge's)."""
+    return type("BridgeConnection", (BridgeConnection,), {"streams": streams})
+
+
+# websockets' own open_timeout for the rest of the handshake.
+HEAD_TIMEOUT = 10.0
+JSON = "application/json"
 MAX_HEAD_BYTES = 16 * 1024
 _BODY_HEADER = re.compile(rb"^(content-length:\s*0*[1-9]|transfer-encoding:)", re.I | re.M)
 
@@ -314,4 +386,4 @@ def refuse_body(head: bytes) -> bytes | None:
     method = head.split(b" ", 1)[0]
     status = 400 if method in (b"GET", b"HEAD") else 405
     message = "requests with a body are not supported" if status == 400 else ONLY_GET
-    return raw_response(status, orjson.dumps(error_body(BAD_REQUEST, message)), "application/json")
+    return raw_response(status, orjson.dumps(error_body(BAD_REQUEST, message)), JSON)

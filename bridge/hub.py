@@ -43,16 +43,18 @@ class Frame:
 
     ``wire`` caches the frame as it goes on the wire (header and payload), which
     the adapter builds once for all the recipients that need no per-connection
-    encoding: server frames are not masked.
+    encoding: server frames are not masked. ``sse`` caches it likewise as a
+    Server-Sent Events message, with whether the event is terminal.
     """
 
-    __slots__ = ("payload", "kind", "stored_at", "wire")
+    __slots__ = ("payload", "kind", "stored_at", "wire", "sse")
 
     def __init__(self, payload: bytes, kind: int = REPLY, stored_at: float = 0.0) -> None:
         self.payload = payload
         self.kind = kind
         self.stored_at = stored_at
         self.wire: bytes | None = None
+        self.sse: tuple[bytes, bool] | None = None
 
 
 class Subscription:

@@ -54,7 +54,8 @@ from taskcast.bridge.commands import (
     request_id_of,
     subscribed_frame,
 )
-from taskcast.bridge.http import SERVER_HEADER, BridgeConnection, HttpRoutes
+from taskcast.bridge.event_stream import EventStream, EventStreams
+from taskcast.bridge.http import SERVER_HEADER, HttpRoutes, connection_class
 from taskcast.bridge.hub import LIVE, Connection, Hub, Subscription
 from taskcast.bridge.limits import (
     ConnectionCaps,
@@ -174,6 +175,7 @@ class Bridge:
             self.hub.snapshot_stats, lambda: self.tail.healthy, self.process
         )
         self.http = HttpRoutes(self, static_dir or Path(__file__).with_name("static"))
+        self.streams = EventStreams(self)
         self.caps = ConnectionCaps(
             settings.max_connections or default_max_connections(),
             settings.max_connections_per_ip,
@@ -190,7 +192,7 @@ class Bridge:
         self._due: list[Peer] = []
         self._counts: tuple[float, tuple[int, int]] | None = None
         self._handlers: dict[str, Callable[[Peer, Command], Awaitable[None]]] = {
-            "subscribe": self._subscribe,
+            "subscribe": self.subscribe,
             "unsubscribe": self._unsubscribe,
             "subscribe_all": self._subscribe_all,
             "unsubscribe_all": self._unsubscribe_all,
@@ -231,7 +233,7 @@ class Bridge:
                 self.settings.port,
                 process_request=self.http,
                 server_header=SERVER_HEADER,
-                create_connection=BridgeConnection,
+                create_connection=connection_class(self.streams),
                 compression="deflate" if self.settings.compression else None,
                 max_size=self.settings.max_message_bytes,
                 ping_interval=self.settings.ping_interval,
@@ -243,10 +245,12 @@ class Bridge:
             await self._stop_store_tasks()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
+        self.streams.start()
         log.info("taskcast bridge listening on %s", self.url)
 
     async def stop(self) -> None:
         """Close every connection with 1001 (going away), stop the tail, release Redis."""
+        self.streams.stop()
         if self._server is not None:
             self._server.close()
             try:
@@ -272,7 +276,8 @@ class Bridge:
         await self.tail.close()
         await self.reader.close()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in the background; stop() waits a moment for what is left."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -329,16 +334,13 @@ class Bridge:
         loop = asyncio.get_running_loop()
         if peer.grant is None:
             peer.expiry = loop.call_later(
-                AUTH_DEADLINE, self._close_peer, peer, CLOSE_POLICY, "no valid token in time"
+                AUTH_DEADLINE, self._close, peer, CLOSE_POLICY, "no valid token in time"
             )
         elif peer.grant.expires_at is not None:
             delay = max(0.0, peer.grant.expires_at - time.time())
             peer.expiry = loop.call_later(
-                delay, self._close_peer, peer, CLOSE_TOKEN_EXPIRED, "token expired"
+                delay, self._close, peer, CLOSE_TOKEN_EXPIRED, "token expired"
             )
-
-    def _close_peer(self, peer: Peer, code: int, reason: str) -> None:
-        self._spawn(peer.ws.close(code, reason))
 
     @staticmethod
     def _denial(peer: Peer, command: Command) -> CommandError | None:
@@ -389,6 +391,9 @@ class Bridge:
         Deferring lets one flush carry everything queued in this turn (a whole
         live batch, or a reply with its history) in a single transport write.
         """
+        if isinstance(conn, EventStream):
+            conn.ready()
+            return
         peer: Peer = conn  # type: ignore[assignment]
         if peer.writer is None and not peer.flush_due:
             peer.flush_due = True
@@ -469,20 +474,27 @@ class Bridge:
             peer.drained = None
 
     def _on_overflow(self, conn: Connection) -> None:
-        peer: Peer = conn  # type: ignore[assignment]
-        log.info("closing slow consumer %s (4008)", peer.client_id)
-        self._spawn(peer.ws.close(CLOSE_SLOW_CONSUMER, "slow consumer; reconnect and resume"))
+        log.info("closing slow consumer %s (4008)", conn.client_id)
+        self._close(conn, CLOSE_SLOW_CONSUMER, "slow consumer; reconnect and resume")
+
+    def _close(self, conn: Connection, code: int, reason: str) -> None:
+        """Close a WebSocket with ``code``, or end an event stream (whose client resumes)."""
+        if isinstance(conn, EventStream):
+            conn.end()
+        else:
+            peer: Peer = conn  # type: ignore[assignment]
+            self.spawn(peer.ws.close(code, reason))
 
     def _on_resync(self, conn: Connection, sub: Subscription) -> None:
-        self._spawn(self._resync(conn, sub))  # type: ignore[arg-type]
+        self.spawn(self._resync(conn, sub))
 
-    async def _resync(self, peer: Peer, sub: Subscription) -> None:
+    async def _resync(self, peer: Connection, sub: Subscription) -> None:
         """Fill a gap the live tail left, or serve a new epoch, by re-reading history
         (see Hub.publish); a new epoch is announced with an unasked ``subscribed``."""
         try:
             snapshot, history = await self.reader.snapshot_and_history(sub.operation_id, sub.since)
         except STORE_ERRORS:
-            await peer.ws.close(CLOSE_TRY_AGAIN_LATER, "event store unavailable; resume later")
+            self._close(peer, CLOSE_TRY_AGAIN_LATER, "event store unavailable; resume later")
             return
         reply = None
         if sub.renew:
@@ -492,7 +504,7 @@ class Bridge:
 
     def _finish(
         self,
-        peer: Peer,
+        peer: Connection,
         sub: Subscription,
         reply: bytes | None,
         snapshot: dict[str, Any] | None,
@@ -524,7 +536,8 @@ class Bridge:
         except STORE_ERRORS:
             self.hub.send(peer, error_frame(UNAVAILABLE, STORE_DOWN, command.request_id))
 
-    async def _subscribe(self, peer: Peer, command: Command) -> None:
+    async def subscribe(self, peer: Connection, command: Command) -> None:
+        """``subscribe`` for a WebSocket peer or an event stream (the same hub rules)."""
         assert command.operation_id is not None
         if not self.tail.positioned.is_set():
             raise CommandError(UNAVAILABLE, STORE_DOWN, command.request_id)

@@ -117,6 +117,7 @@ class Settings:
     max_message_bytes: int = 65536
     send_buffer_bytes: int = 1 << 20
     ping_interval: float = 20.0
+    sse_keepalive: float = 15.0
     compression: bool = False
     celery_events: bool = False
     max_event_bytes: int = 65536
@@ -158,6 +159,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_message_bytes": ("TASKCAST_MAX_MESSAGE_BYTES", _int(1024)),
     "send_buffer_bytes": ("TASKCAST_SEND_BUFFER_BYTES", _int(1024)),
     "ping_interval": ("TASKCAST_PING_INTERVAL", _float(0.1)),
+    "sse_keepalive": ("TASKCAST_SSE_KEEPALIVE", _float(0.1)),
     "compression": ("TASKCAST_COMPRESSION", _bool),
     "celery_events": ("TASKCAST_CELERY_EVENTS", _bool),
     "max_event_bytes": ("TASKCAST_MAX_EVENT_BYTES", _int(1024)),

@@ -1,0 +1,243 @@
+"""Server-Sent Events, the adapter: an event stream is a hub connection that writes SSE
+messages straight to its TCP transport (PROTOCOL.md "Server-Sent Events").
+
+A stream gets what a WebSocket ``subscribe`` (or ``subscribe_all``) gets, through the
+same hub, so ordering, resume, epochs and the send budget are the WebSocket's; only
+the encoding differs. The HTTP head is written when the first reply is ready, so a
+resume of an operation that ended and was fully seen can still answer 204 (the
+one answer after which EventSource stops reconnecting), and a store outage 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from taskcast.bridge.access import TokenRejected, origin_allowed, request_token
+from taskcast.bridge.commands import Command, CommandError, encode, error_body, error_frame
+from taskcast.bridge.http import CAP_REFUSALS, ORIGIN_REFUSED, cors_headers, raw_response
+from taskcast.bridge.hub import LIVE, REPLY, Connection, Frame, Hub
+from taskcast.bridge.metrics import LagHistogram
+from taskcast.bridge.reader import STORE_ERRORS
+from taskcast.bridge.sse import (
+    KEEPALIVE,
+    StreamRequest,
+    event_message,
+    opening_status,
+    reply_message,
+    response_head,
+)
+from taskcast.protocol import FORBIDDEN, UNAUTHORIZED, UNAVAILABLE
+
+if TYPE_CHECKING:
+    from taskcast.bridge.server import Bridge
+
+log = logging.getLogger("taskcast.bridge")
+
+# Write to a stream's transport only while it buffers less than this; the rest waits
+# in the hub's outbox, where it counts against the send budget (4008's rule: over it,
+# the stream is ended and the client resumes with Last-Event-ID).
+WRITE_LIMIT = 32 * 1024
+STORE_DOWN = "event store (Redis) is unreachable; retry later"
+TOKEN_REQUIRED = "a token is required (Authorization: Bearer, or ?token= for EventSource)"
+
+
+class EventStream(Connection):
+    """One SSE client. ``operation_id`` None: the monitor stream, which never ends by itself."""
+
+    __slots__ = (
+        "transport",
+        "address",
+        "operation_id",
+        "since",
+        "cors",
+        "head_sent",
+        "ended",
+        "flush_due",
+        "expiry",
+        "hub",
+        "lag",
+        "streams",
+    )
+
+    def __init__(
+        self,
+        streams: EventStreams,
+        transport: asyncio.Transport,
+        address: str,
+        request: StreamRequest,
+        cors: list[tuple[str, str]],
+    ) -> None:
+        super().__init__(uuid.uuid4().hex)
+        self.streams = streams
+        self.hub: Hub = streams.bridge.hub
+        self.lag: LagHistogram = streams.bridge.metrics.delivery_lag
+        self.transport = transport
+        self.address = address
+        self.operation_id = request.operation_id
+        self.since = request.since
+        self.cors = cors
+        self.head_sent = False
+        self.ended = False
+        self.flush_due = False
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def ready(self) -> None:
+        """The hub queued frames: write them at the end of this loop turn, all at once."""
+        if not self.flush_due:
+            self.flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what the transport may take now; the rest waits for it to drain."""
+        self.flush_due = False
+        if self.ended:
+            return
+        chunks: list[bytes] = []
+        room = WRITE_LIMIT - self.transport.get_write_buffer_size()
+        end = False
+        while not end and room > 0 and (frame := self.hub.take(self)) is not None:
+            if frame.kind == REPLY:
+                data, end = self._reply(frame.payload)
+            else:
+                data, end = self._event(frame)
+            chunks.append(data)
+            room -= len(data)
+        if chunks:
+            self.transport.write(b"".join(chunks))
+        if end:
+            self.end()
+
+    def _reply(self, payload: bytes) -> tuple[bytes, bool]:
+        """The first reply decides the HTTP status; later ones (a renewed epoch's
+        ``subscribed``) are messages."""
+        if not self.head_sent:
+            self.head_sent = True
+            status = opening_status(payload, self.since)
+            if status != 200:
+                body = payload if status != 204 else b""
+                return raw_response(status, body, "application/json", self.cors), True
+            data, ended = reply_message(payload)
+            return response_head(self.cors) + data, ended and self.operation_id is not None
+        data, ended = reply_message(payload)
+        return data, ended and self.operation_id is not None
+
+    def _event(self, frame: Frame) -> tuple[bytes, bool]:
+        """An event's message, built once per frame and shared by every stream it goes to."""
+        if frame.sse is None:
+            frame.sse = event_message(frame.payload)
+        data, terminal = frame.sse
+        if frame.kind == LIVE:
+            self.lag.observe(max(0.0, time.time() - frame.stored_at))
+        return data, terminal and self.operation_id is not None
+
+    def keepalive(self) -> None:
+        if self.head_sent and not self.ended and not self.transport.get_write_buffer_size():
+            self.transport.write(KEEPALIVE)
+
+    def end(self) -> None:
+        """Close the stream after what was written; forget it. Safe to call twice."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.expiry is not None:
+            self.expiry.cancel()
+        self.transport.close()
+        self.streams.forget(self)
+
+
+class EventStreams:
+    """The bridge's open event streams: opening (access, caps, subscribe), keep-alive, shutdown."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.open: set[EventStream] = set()
+        self._keepalive: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    def stop(self) -> None:
+        """End every stream (clients resume on another bridge with Last-Event-ID)."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        for stream in list(self.open):
+            stream.end()
+
+    async def _keep_alive(self) -> None:
+        """A comment line every interval, so proxies and clients see the stream alive."""
+        while True:
+            await asyncio.sleep(self.bridge.settings.sse_keepalive)
+            for stream in list(self.open):
+                stream.keepalive()
+
+    def take(self, transport: asyncio.Transport, request: StreamRequest) -> EventStream | None:
+        """Start serving ``request`` on ``transport``, or refuse it (HTTP error, closed): None.
+
+        The checks are the WebSocket's: origin, connection caps, token and scope.
+        """
+        bridge = self.bridge
+        origin = request.header("origin")
+        cors = cors_headers(bridge.settings, origin)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else "unknown"
+
+        def refuse(status: int, code: str, message: str) -> EventStream | None:
+            body = encode(error_body(code, message))
+            transport.write(raw_response(status, body, "application/json", cors))
+            transport.close()
+            return None
+
+        if not origin_allowed(bridge.settings, origin, request.header("host")):
+            return refuse(403, FORBIDDEN, ORIGIN_REFUSED)
+        cap = bridge.caps.refusal(address)
+        if cap is not None:
+            return refuse(cap, *CAP_REFUSALS[cap])
+        authorization = {"Authorization": request.header("authorization") or ""}
+        try:
+            grant = bridge.grant_for(request_token(request.path, authorization))
+        except TokenRejected as exc:
+            return refuse(401, UNAUTHORIZED, str(exc))
+        if grant is None:
+            return refuse(401, UNAUTHORIZED, TOKEN_REQUIRED)
+        operation_id = request.operation_id
+        if not (grant.reads(operation_id) if operation_id is not None else grant.monitors()):
+            return refuse(403, FORBIDDEN, "your token does not allow this")
+        stream = EventStream(self, transport, address, request, cors)
+        bridge.caps.opened(address)
+        bridge.hub.connect(stream)
+        self.open.add(stream)
+        if grant.expires_at is not None:
+            # EventSource cannot renew a token: the stream ends, the client reconnects
+            # with a fresh one and resumes.
+            delay = max(0.0, grant.expires_at - time.time())
+            stream.expiry = asyncio.get_running_loop().call_later(delay, stream.end)
+        if operation_id is None:
+            bridge.hub.subscribe_all(stream, request.operation_type)
+            body: dict[str, object] = {"status": "subscribed", "operation_id": "*"}
+            if request.operation_type is not None:
+                body["operation_type"] = request.operation_type
+            bridge.hub.send(stream, encode(body))
+        else:
+            command = Command(
+                "subscribe", operation_id=operation_id, since=request.since, epoch=request.epoch
+            )
+            bridge.spawn(self._subscribe(stream, command))
+        return stream
+
+    async def _subscribe(self, stream: EventStream, command: Command) -> None:
+        try:
+            await self.bridge.subscribe(stream, command)
+        except CommandError as exc:
+            self.bridge.hub.send(stream, exc.frame())
+        except STORE_ERRORS:
+            self.bridge.hub.send(stream, error_frame(UNAVAILABLE, STORE_DOWN))
+
+    def forget(self, stream: EventStream) -> None:
+        if stream in self.open:
+            self.open.discard(stream)
+            self.bridge.hub.disconnect(stream)
+            self.bridge.caps.closed(stream.address)
