@@ -55,6 +55,8 @@ const UNAVAILABLE = 'unavailable';
 
 /** Event types after which an operation is finished (until Celery runs it again). */
 const TERMINAL_EVENTS = new Set(['completed', 'error']);
+/** Event types an event stream carries (`error` is handled apart: EventSource uses the name too). */
+const STREAM_EVENTS = ['status', 'progress', 'log', 'result', 'completed'];
 
 /** Close codes after which a reconnect can succeed: going away, transient server trouble, abnormal loss. */
 const RECONNECT_CODES = new Set([1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014]);
@@ -184,6 +186,37 @@ export function subscribeCommand(operationId, since, epoch) {
 }
 
 /**
+ * The bridge's HTTP origin for its WebSocket URL (`ws://h:p/ws` -> `http://h:p`),
+ * where its event streams and JSON API answer.
+ * @param {string} url
+ * @returns {string}
+ */
+export function httpBase(url) {
+  const parsed = new URL(url);
+  parsed.protocol = parsed.protocol === 'wss:' ? 'https:' : 'http:';
+  return parsed.origin;
+}
+
+/**
+ * The URL of an event stream (PROTOCOL.md "Server-Sent Events"): one operation's, or
+ * the monitor stream's when `operationId` is null. `since`/`epoch` resume the first
+ * request; EventSource's own reconnects resume with `Last-Event-ID`.
+ * @param {string} base {@link httpBase}
+ * @param {string|null} operationId
+ * @param {{since?: number, epoch?: string, operationType?: string, token?: string|null}} [options]
+ * @returns {string}
+ */
+export function streamUrl(base, operationId, { since, epoch, operationType, token } = {}) {
+  const path = operationId === null ? '/api/events' : `/api/operations/${encodeURIComponent(operationId)}/events`;
+  const url = new URL(path, base);
+  if (since > 0) url.searchParams.set('since', String(since));
+  if (since > 0 && epoch) url.searchParams.set('epoch', epoch);
+  if (operationType) url.searchParams.set('operation_type', operationType);
+  if (token) url.searchParams.set('token', token);
+  return url.href;
+}
+
+/**
  * Last delivered `seq` per operation, and the history epoch it counts in: the
  * client delivers an event only if its seq is above that, so nothing is
  * delivered twice, and resumes ask for exactly what follows it. seqs start
@@ -288,6 +321,13 @@ function codedError(code, message) {
  * `get_token_failed` when `getToken` threw, or the bridge's `unauthorized`
  * when it refused a renewed token). {@link TaskcastClient#scopes} and
  * {@link TaskcastClient#allows} tell what the current token allows.
+ *
+ * Without WebSocket (`transport: 'sse'`, or `auto` after three failed
+ * upgrades in a row, reported with a `'transport'` event): each subscription
+ * is an EventSource on the bridge's event stream, resumed the same way, and
+ * commands go to the JSON API with the same replies. An operation's stream
+ * ends after its terminal event, so in this mode a task run again under the
+ * same id is not followed further.
  */
 export class TaskcastClient {
   /**
@@ -299,8 +339,12 @@ export class TaskcastClient {
    *   `token`, before the current token expires, and after the bridge closed with 4401.
    * @param {boolean} [options.refresh] With `getToken`: renew before expiry on the open connection (default true);
    *   false waits for the bridge's 4401 and reconnects with a fresh token instead.
+   * @param {'auto'|'websocket'|'sse'} [options.transport] `sse`: Server-Sent Events (EventSource) and the HTTP API
+   *   instead of a WebSocket; `auto` (default): WebSocket, and SSE once `sseAfter` upgrades in a row failed
+   *   (a proxy that strips them, a network that blocks them).
+   * @param {number} [options.sseAfter] Failed WebSocket upgrades in a row before `auto` switches to SSE (default 3).
    */
-  constructor(url = defaultUrl(), { backoff, token, getToken, refresh = true } = {}) {
+  constructor(url = defaultUrl(), { backoff, token, getToken, refresh = true, transport = 'auto', sseAfter = 3 } = {}) {
     /** @type {string} */
     this.url = url;
     /** @type {{baseMs?: number, capMs?: number}} */
@@ -311,6 +355,10 @@ export class TaskcastClient {
     this.#getToken = getToken ?? null;
     this.#refresh = Boolean(refresh);
     this.#useToken(token ?? null);
+    if (!['auto', 'websocket', 'sse'].includes(transport)) throw new TypeError(`unknown transport ${transport}`);
+    this.#fallback = transport === 'auto' ? sseAfter : Infinity;
+    /** @type {'websocket'|'sse'} The transport in use (`auto` starts with `websocket`). */
+    this.transport = transport === 'sse' ? 'sse' : 'websocket';
   }
 
   /** @type {string|null} The token the connection uses (null: none). */
@@ -333,6 +381,13 @@ export class TaskcastClient {
   #generation = 0;
 
   #ws = null;
+  /** Whether the current WebSocket got its `connected` frame (else its close is a failed upgrade). */
+  #accepted = false;
+  /** Failed WebSocket upgrades in a row, and how many make `auto` switch to SSE. */
+  #failedUpgrades = 0;
+  #fallback = Infinity;
+  /** @type {Map<object, EventSource>} With SSE: the event stream of each subscription (and of monitor mode). */
+  #streams = new Map();
   #wanted = false;
   #attempt = 0;
   #timer = null;
@@ -378,6 +433,7 @@ export class TaskcastClient {
     this.#cancelRetries();
     this.#ws?.close(1000);
     this.#ws = null;
+    this.#closeStreams();
     const error = codedError('disconnected', 'disconnect() was called');
     this.#rejectPending(error);
     this.#rejectWaiters(error);
@@ -591,6 +647,11 @@ export class TaskcastClient {
   }
 
   #dial() {
+    if (this.transport === 'sse') {
+      // Nothing to open: each subscription opens its own event stream.
+      this.#onOpen();
+      return;
+    }
     let ws;
     try {
       ws = new WebSocket(urlWithToken(this.url, this.token));
@@ -601,6 +662,7 @@ export class TaskcastClient {
       return;
     }
     this.#ws = ws;
+    this.#accepted = false;
     if (this.state !== 'connecting') this.#setState('connecting');
     // Open is when the bridge has accepted the connection: its `connected` frame (see #deliver), which comes
     // after the token check, so a token refused at connect rejects connect() instead of resolving it.
@@ -642,6 +704,8 @@ export class TaskcastClient {
   #deliver(event) {
     if (event.event_type === 'connected') {
       this.#attempt = 0;
+      this.#accepted = true;
+      this.#failedUpgrades = 0;
       if (typeof event.timestamp === 'number') this.#clockOffset = event.timestamp - Date.now() / 1000;
       if (this.state !== 'open') this.#onOpen();
       this.#scheduleRefresh();
@@ -663,6 +727,10 @@ export class TaskcastClient {
     if (expired) this.#tokenStale = true;
     const reconnect = this.#wanted && shouldReconnect(code) && (!expired || this.#getToken !== null);
     this.#emit('close', { code, reason, reconnect });
+    if (!this.#accepted && code === 1006 && ++this.#failedUpgrades >= this.#fallback) {
+      this.transport = 'sse';
+      this.#emit('transport', this.transport);
+    }
     if (reconnect) {
       this.#reconnectLater(code);
       return;
@@ -751,6 +819,10 @@ export class TaskcastClient {
   #send(entry) {
     const { waiter } = entry;
     delete entry.waiter;
+    if (this.transport === 'sse') {
+      this.#stream(entry, waiter);
+      return;
+    }
     this.#request(this.#commandFor(entry), entry).then(
       (reply) => {
         entry.retries = 0;
@@ -821,12 +893,132 @@ export class TaskcastClient {
     if (this.#monitor === entry) this.#monitor = null;
   }
 
+  /**
+   * With SSE: opens the event stream of a subscription (closing its previous one). The
+   * stream's `subscribed` message settles the caller's promise, or reports `'resumed'`;
+   * EventSource resumes by itself after a drop (`Last-Event-ID`), and the ledger drops
+   * anything seen twice. A stream the browser gave up on (refused: no token, Redis down...)
+   * is opened again with the backoff, from the ledger, with a fresh token when `getToken` is
+   * given; one whose operation ended is closed, as the bridge ends it.
+   */
+  #stream(entry, waiter) {
+    this.#streams.get(entry)?.close();
+    const monitor = entry === this.#monitor;
+    const command = this.#commandFor(entry);
+    const url = streamUrl(httpBase(this.url), monitor ? null : entry.operationId, {
+      since: command.since, epoch: command.epoch, operationType: entry.operationType, token: this.token,
+    });
+    const source = new EventSource(url);
+    this.#streams.set(entry, source);
+    let pending = waiter;
+    const current = () => this.#streams.get(entry) === source;
+    source.addEventListener('subscribed', (message) => {
+      if (!current()) return;
+      const reply = JSON.parse(message.data);
+      entry.retries = 0;
+      if (pending) {
+        this.#confirm(entry, reply);
+        pending.resolve(reply);
+        pending = undefined;
+      } else if (!monitor && reply.operation?.epoch && reply.operation.epoch !== this.#ledger.epoch(entry.operationId)) {
+        this.#renewed(reply);
+      } else {
+        this.#confirm(entry, reply);
+        this.#emit('resumed', reply);
+      }
+    });
+    const onEvent = (message) => {
+      if (!current()) return;
+      const event = JSON.parse(message.data);
+      this.#deliver(event);
+      if (!monitor && TERMINAL_EVENTS.has(event.event_type)) this.#closeStream(entry);
+    };
+    for (const type of STREAM_EVENTS) source.addEventListener(type, onEvent);
+    // `error` is both an event type and EventSource's report of a failed connection.
+    source.addEventListener('error', (message) => {
+      if (typeof message.data === 'string') onEvent(message);
+      else if (current() && source.readyState === 2) this.#restream(entry, pending);
+    });
+  }
+
+  #restream(entry, waiter) {
+    this.#closeStream(entry);
+    if (waiter) entry.waiter = waiter;
+    const timer = setTimeout(async () => {
+      this.#retries.delete(timer);
+      if (this.transport !== 'sse' || this.state !== 'open' || !this.#isCurrent(entry)) return;
+      if (this.#getToken) {
+        try {
+          this.#useToken(await this.#fetchToken());
+          this.#emitToken();
+        } catch (error) {
+          this.#emit('token_error', error);
+        }
+      }
+      if (this.state === 'open' && this.#isCurrent(entry)) this.#send(entry);
+    }, backoffDelay(entry.retries++, this.backoff));
+    this.#retries.add(timer);
+  }
+
+  #closeStream(entry) {
+    this.#streams.get(entry)?.close();
+    this.#streams.delete(entry);
+  }
+
+  #closeStreams() {
+    for (const source of this.#streams.values()) source.close();
+    this.#streams.clear();
+  }
+
+  /** With SSE, commands go to the JSON API (same replies); unsubscribing closes the stream. */
+  async #http(command) {
+    const operationId = command.operation_id;
+    switch (command.command) {
+      case 'unsubscribe':
+      case 'unsubscribe_all':
+        // The entry left #subscriptions (or #monitor) before this runs: close what it had open.
+        for (const [entry] of this.#streams) if (!this.#isCurrent(entry)) this.#closeStream(entry);
+        return { status: 'unsubscribed', operation_id: operationId ?? '*' };
+      case 'auth': {
+        // Streams take the new token when they next (re)open; the bridge ends them when the old one expires.
+        const claims = tokenClaims(command.token);
+        return { status: 'authenticated', expires_at: claims?.exp ?? null, scopes: claims?.scopes ?? DEFAULT_SCOPES };
+      }
+      case 'ping':
+        await this.#fetchJson('/healthz');
+        return { status: 'pong', timestamp: Date.now() / 1000 };
+      case 'get_operation':
+        return this.#fetchJson(`/api/operations/${encodeURIComponent(operationId)}`);
+      case 'list_operations': {
+        const query = new URLSearchParams();
+        if (command.status) query.set('status', command.status);
+        if (command.limit !== undefined) query.set('limit', String(command.limit));
+        return this.#fetchJson(`/api/operations?${query}`);
+      }
+      case 'get_stats':
+        return this.#fetchJson('/api/stats');
+      case 'cancel':
+        return this.#fetchJson(`/api/operations/${encodeURIComponent(operationId)}/cancel?terminate=${command.terminate}`, 'POST');
+      default:
+        throw codedError('bad_request', `${command.command} has no HTTP equivalent`);
+    }
+  }
+
+  async #fetchJson(path, method = 'GET') {
+    const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+    const response = await fetch(httpBase(this.url) + path, { method, headers });
+    const body = await response.json();
+    if (!response.ok) throw Object.assign(codedError(body.code, body.message), { reply: body });
+    return body;
+  }
+
   #ifOpen(command) {
     return this.state === 'open' ? this.#request(command) : Promise.resolve(undefined);
   }
 
   #request(command, entry) {
     if (this.state !== 'open') return Promise.reject(codedError('not_connected', 'not connected'));
+    if (this.transport === 'sse') return this.#http(command);
     const requestId = this.#nextRequestId++;
     return new Promise((resolve, reject) => {
       this.#pending.set(requestId, { resolve, reject, entry });

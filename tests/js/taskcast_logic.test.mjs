@@ -7,9 +7,11 @@ import {
   TaskcastClient,
   backoffDelay,
   defaultUrl,
+  httpBase,
   refreshDelay,
   resumeSince,
   shouldReconnect,
+  streamUrl,
   subscribeCommand,
   tokenClaims,
   urlWithToken,
@@ -282,5 +284,29 @@ describe('tokens', () => {
     const settled = calls;
     await new Promise((resolve) => setTimeout(resolve, 30));
     assert.equal(calls, settled, 'no call after disconnect()');
+  });
+});
+
+describe('event streams (the SSE transport)', () => {
+  test('the HTTP origin of a WebSocket URL', () => {
+    assert.equal(httpBase('ws://127.0.0.1:8765/ws'), 'http://127.0.0.1:8765');
+    assert.equal(httpBase('wss://bridge.example/ws?token=x'), 'https://bridge.example');
+  });
+
+  test('stream URLs resume with since and epoch, and carry the token', () => {
+    const base = 'http://h:1';
+    assert.equal(streamUrl(base, 'a b'), 'http://h:1/api/operations/a%20b/events');
+    assert.equal(streamUrl(base, 'op', { since: 0, epoch: 'e1' }), 'http://h:1/api/operations/op/events');
+    assert.equal(
+      streamUrl(base, 'op', { since: 4, epoch: 'e1', token: 't' }),
+      'http://h:1/api/operations/op/events?since=4&epoch=e1&token=t',
+    );
+    assert.equal(streamUrl(base, null, { operationType: 'report' }), 'http://h:1/api/events?operation_type=report');
+  });
+
+  test('an unknown transport is refused', () => {
+    assert.throws(() => new TaskcastClient('ws://h:1/ws', { transport: 'carrier-pigeon' }), TypeError);
+    assert.equal(new TaskcastClient('ws://h:1/ws', { transport: 'sse' }).transport, 'sse');
+    assert.equal(new TaskcastClient('ws://h:1/ws').transport, 'websocket');
   });
 });
