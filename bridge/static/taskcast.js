@@ -323,7 +323,8 @@ function codedError(code, message) {
  * {@link TaskcastClient#allows} tell what the current token allows.
  *
  * Without WebSocket (`transport: 'sse'`, or `auto` after three failed
- * upgrades in a row, reported with a `'transport'` event): each subscription
+ * upgrades in a row while the bridge answers plain HTTP, reported with a
+ * `'transport'` event; a bridge that is down does not count): each subscription
  * is an EventSource on the bridge's event stream, resumed the same way, and
  * commands go to the JSON API with the same replies. An operation's stream
  * ends after its terminal event, so in this mode a task run again under the
@@ -727,10 +728,7 @@ export class TaskcastClient {
     if (expired) this.#tokenStale = true;
     const reconnect = this.#wanted && shouldReconnect(code) && (!expired || this.#getToken !== null);
     this.#emit('close', { code, reason, reconnect });
-    if (!this.#accepted && code === 1006 && ++this.#failedUpgrades >= this.#fallback) {
-      this.transport = 'sse';
-      this.#emit('transport', this.transport);
-    }
+    if (!this.#accepted && code === 1006 && ++this.#failedUpgrades >= this.#fallback) this.#probeHttp();
     if (reconnect) {
       this.#reconnectLater(code);
       return;
@@ -744,6 +742,23 @@ export class TaskcastClient {
     Object.assign(error, { closeCode: code, reason });
     if (expired && wanted) this.#emit('token_error', error);
     this.#rejectWaiters(error);
+  }
+
+  /**
+   * Upgrades keep failing: switch to event streams only if the bridge answers plain HTTP
+   * (a proxy strips upgrades), not when it is down (a restart must not change transports).
+   */
+  #probeHttp() {
+    if (typeof EventSource !== 'function' || this.transport === 'sse') return;
+    const generation = this.#generation;
+    fetch(`${httpBase(this.url)}/healthz`).then(
+      (response) => {
+        if (!response.ok || generation !== this.#generation || this.state === 'open' || this.transport === 'sse') return;
+        this.transport = 'sse';
+        this.#emit('transport', this.transport);
+      },
+      () => {},
+    );
   }
 
   #reconnectLater(code) {
