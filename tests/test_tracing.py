@@ -1,0 +1,154 @@
+"""Trace ids (PROTOCOL.md 1.1 ``trace_id``/``span_id``): events produced inside an
+OpenTelemetry span carry its ids, the snapshot keeps the trace, and without a span or
+without OpenTelemetry installed nothing is added (nor imported)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from helpers import events_of, summary
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span, Tracer
+
+from taskcast.store import EventStore
+from taskcast.tasks import AsyncEmitter, Emitter
+from taskcast.tasks.producer import Producer
+from taskcast.worker_config import Settings, to_environment
+
+
+@pytest.fixture
+def producer(task_settings: Settings, prefix: str) -> Iterator[Producer]:
+    producer = Producer(replace(task_settings, prefix=prefix))
+    yield producer
+    producer.close()
+
+
+@pytest.fixture
+def tracer() -> Tracer:
+    """A tracer of its own provider: no global provider is set for the rest of the session."""
+    return TracerProvider().get_tracer("taskcast-tests")
+
+
+def ids_of(span: Span) -> tuple[str, str]:
+    context = span.get_span_context()
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def traced(events: list[dict[str, Any]]) -> list[tuple[str | None, str | None]]:
+    return [(e.get("trace_id"), e.get("span_id")) for e in events]
+
+
+def test_emits_inside_a_span_carry_its_ids_and_the_snapshot_keeps_the_trace(
+    producer: Producer, store: EventStore, tracer: Tracer
+) -> None:
+    emitter = Emitter(producer)
+    operation_id = emitter.create_operation("report.build")  # before any span: no ids
+    with tracer.start_as_current_span("POST /reports") as span:
+        emitter.emit_running(operation_id)
+        for step in range(1, 21):  # faster than the progress interval: most are held back
+            emitter.emit_progress(operation_id, current=step, total=20)
+        emitter.emit_log(operation_id, "info", "written")
+        emitter.finish(operation_id, {"rows": 20})
+    events = events_of(store, operation_id)
+    assert summary(events)[:2] == ["status:queued", "status:running"]
+    assert summary(events)[-3:] == ["log", "result", "completed"]
+    assert "trace_id" not in events[0] and "span_id" not in events[0]
+    assert set(traced(events[1:])) == {ids_of(span)}
+    trace_id, span_id = ids_of(span)
+    assert len(trace_id) == 32 and len(span_id) == 16 and trace_id == trace_id.lower()
+    assert store.snapshot(operation_id)["trace_id"] == trace_id
+
+
+def test_the_snapshot_keeps_the_latest_trace_and_untraced_events_leave_it(
+    producer: Producer, store: EventStore, tracer: Tracer
+) -> None:
+    emitter = Emitter(producer)
+    with tracer.start_as_current_span("first request"):
+        operation_id = emitter.create_operation("import.csv")
+    with tracer.start_as_current_span("second request") as second:
+        emitter.emit_running(operation_id)
+    emitter.emit_completed(operation_id)
+    events = events_of(store, operation_id)
+    assert "trace_id" not in events[-1]
+    assert store.snapshot(operation_id)["trace_id"] == ids_of(second)[0]
+
+
+def test_nested_spans_give_each_event_its_innermost_span(
+    producer: Producer, store: EventStore, tracer: Tracer
+) -> None:
+    emitter = Emitter(producer)
+    with tracer.start_as_current_span("request") as outer:
+        with emitter.operation("export") as op:
+            with tracer.start_as_current_span("render") as inner:
+                op.status("rendering")
+            op.status("uploading")
+    statuses = events_of(store, op.id)
+    assert traced(statuses) == [ids_of(outer), ids_of(inner), ids_of(outer), ids_of(outer)]
+    assert ids_of(inner)[0] == ids_of(outer)[0]
+
+
+async def test_async_emitter_carries_the_awaiting_tasks_span(
+    producer: Producer, store: EventStore, tracer: Tracer
+) -> None:
+    emitter = AsyncEmitter(producer)
+    with tracer.start_as_current_span("websocket handler") as span:
+        async with emitter.operation("summarise") as op:
+            await op.progress(0.5, "half")
+    events = events_of(store, op.id)
+    assert summary(events) == ["status:running", "progress", "completed"]
+    assert set(traced(events)) == {ids_of(span)}
+
+
+def test_no_span_no_ids(producer: Producer, store: EventStore) -> None:
+    with Emitter(producer).operation("untraced") as op:
+        op.progress(0.5)
+    events = events_of(store, op.id)
+    assert all("trace_id" not in e and "span_id" not in e for e in events)
+    assert store.snapshot(op.id)["trace_id"] is None
+
+
+# A fresh interpreter asks for the current span after importing taskcast (and reports
+# what that loaded), then emits through the real producer. Only after that: redis-py
+# loads OpenTelemetry itself when it is installed, once it connects.
+WITHOUT_OTEL = textwrap.dedent(
+    """
+    import json, sys
+    if sys.argv[1] == "blocked":
+        sys.modules["opentelemetry"] = None  # `import opentelemetry...` raises ImportError
+    from taskcast.tasks import Emitter
+    from taskcast.tracing import current_span_ids
+    ids = current_span_ids()
+    loaded = [m for m in sys.modules if m.startswith("opentelemetry") and sys.modules[m]]
+    with Emitter().operation("no otel") as op:
+        op.progress(0.5, "half")
+    print(json.dumps({"id": op.id, "ids": ids, "loaded": loaded}))
+    """
+)
+
+
+@pytest.mark.parametrize("otel", ["blocked", "installed"])
+def test_without_opentelemetry_in_use_events_have_no_ids_and_nothing_is_imported(
+    task_settings: Settings, prefix: str, store: EventStore, otel: str
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", **to_environment(replace(task_settings, prefix=prefix))}
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_OTEL, otel],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["loaded"] == [] and report["ids"] == [None, None]
+    events = events_of(store, report["id"])
+    assert summary(events) == ["status:running", "progress", "completed"]
+    assert all("trace_id" not in e and "span_id" not in e for e in events)
+    assert store.snapshot(report["id"])["trace_id"] is None
