@@ -10,10 +10,13 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import events_of, summary
+from celery import Celery
+from helpers import WorkerProcess, events_of, summary, wait_finished, worker_env
+from opentelemetry.propagate import inject
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, Tracer
 
@@ -84,11 +87,10 @@ def test_nested_spans_give_each_event_its_innermost_span(
     producer: Producer, store: EventStore, tracer: Tracer
 ) -> None:
     emitter = Emitter(producer)
-    with tracer.start_as_current_span("request") as outer:
-        with emitter.operation("export") as op:
-            with tracer.start_as_current_span("render") as inner:
-                op.status("rendering")
-            op.status("uploading")
+    with tracer.start_as_current_span("request") as outer, emitter.operation("export") as op:
+        with tracer.start_as_current_span("render") as inner:
+            op.status("rendering")
+        op.status("uploading")
     statuses = events_of(store, op.id)
     assert traced(statuses) == [ids_of(outer), ids_of(inner), ids_of(outer), ids_of(outer)]
     assert ids_of(inner)[0] == ids_of(outer)[0]
@@ -112,6 +114,43 @@ def test_no_span_no_ids(producer: Producer, store: EventStore) -> None:
     events = events_of(store, op.id)
     assert all("trace_id" not in e and "span_id" not in e for e in events)
     assert store.snapshot(op.id)["trace_id"] is None
+
+
+def test_a_traced_celery_task_carries_the_callers_trace_and_its_own_span(
+    task_app: Celery,
+    task_settings: Settings,
+    prefix: str,
+    store: EventStore,
+    tracer: Tracer,
+    tmp_path: Path,
+) -> None:
+    """A request handler's span submits the task (its context goes in the message the way
+    OpenTelemetry's Celery instrumentation puts it there); the worker runs the task under
+    that instrumentation. ``queued`` is the caller's, the rest the task's, one trace."""
+    worker = WorkerProcess(
+        worker_env(replace(task_settings, prefix=prefix)),
+        f"{prefix.rstrip(':')}-traced",
+        tmp_path / "worker.log",
+        pool="solo",
+        app="traced_worker",
+    )
+    try:
+        worker.start().wait_ready()
+        with tracer.start_as_current_span("POST /jobs") as request:
+            headers: dict[str, str] = {}
+            inject(headers)
+            sent = task_app.send_task("test.traced", queue=worker.queue, headers=headers)
+        snapshot = wait_finished(store, sent.id)
+    finally:
+        worker.stop()
+    events = events_of(store, sent.id)
+    assert summary(events) == ["status:queued", "status:running", "progress", "result", "completed"]
+    task_span = events[3]["data"]["result"]
+    assert traced(events[:1]) == [ids_of(request)]
+    assert set(traced(events[1:])) == {(task_span["trace_id"], task_span["span_id"])}
+    assert task_span["trace_id"] == ids_of(request)[0] != "0" * 32
+    assert task_span["span_id"] != ids_of(request)[1]
+    assert snapshot["trace_id"] == ids_of(request)[0]
 
 
 # A fresh interpreter asks for the current span after importing taskcast (and reports
