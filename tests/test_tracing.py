@@ -1,10 +1,13 @@
 """Trace ids (PROTOCOL.md 1.1 ``trace_id``/``span_id``): events produced inside an
 OpenTelemetry span carry its ids, the snapshot keeps the trace, and without a span or
-without OpenTelemetry installed nothing is added (nor imported)."""
+without OpenTelemetry installed nothing is added (nor imported). The bridge hands the
+dashboard ``TASKCAST_TRACE_URL``, and the page links the operation's trace with it."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bridge_helpers import RestartableBridge, http_get
+from browser_helpers import chromium
 from celery import Celery
 from helpers import WorkerProcess, events_of, summary, wait_finished, worker_env
 from opentelemetry.propagate import inject
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, Tracer
+from playwright.sync_api import expect
 
 from taskcast.store import EventStore
 from taskcast.tasks import AsyncEmitter, Emitter
@@ -191,3 +197,62 @@ def test_without_opentelemetry_in_use_events_have_no_ids_and_nothing_is_imported
     assert summary(events) == ["status:running", "progress", "completed"]
     assert all("trace_id" not in e and "span_id" not in e for e in events)
     assert store.snapshot(report["id"])["trace_id"] is None
+
+
+TRACE_URL = "http://tracing.example:16686/trace/{trace_id}"
+
+
+@pytest.fixture
+def traced_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableBridge]:
+    """``taskcast serve`` on this test's store with a trace link template."""
+    bridge = RestartableBridge(
+        worker_env(replace(task_settings, prefix=prefix), TASKCAST_TRACE_URL=TRACE_URL)
+    )
+    bridge.start()
+    yield bridge
+    bridge.stop(signal.SIGKILL)
+
+
+def test_the_dashboard_links_the_operations_trace_through_the_template(
+    traced_bridge: RestartableBridge, producer: Producer, tracer: Tracer
+) -> None:
+    base = f"http://127.0.0.1:{traced_bridge.port}"
+    with (
+        tracer.start_as_current_span("POST /reports") as span,
+        Emitter(producer).operation("report.build") as op,
+    ):
+        op.progress(0.5, "half")
+    trace_id = ids_of(span)[0]
+    status, _, body = http_get(f"{base}/api/config")
+    assert (status, json.loads(body)) == (200, {"trace_url": TRACE_URL})
+    status, _, body = http_get(f"{base}/api/operations/{op.id}")
+    assert json.loads(body)["operation"]["trace_id"] == trace_id
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"{base}/?operation={op.id}")
+        link = page.get_by_test_id("trace-link")
+        expect(link).to_have_text(trace_id)
+        expect(link).to_have_attribute("href", TRACE_URL.replace("{trace_id}", trace_id))
+        page.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("http://jaeger:16686/trace/", "must contain {trace_id}"),
+        ("javascript:alert('{trace_id}')", "must be an http:// or https:// URL"),
+    ],
+)
+def test_a_bad_trace_url_stops_the_bridge_in_one_line_naming_it(value: str, why: str) -> None:
+    # Never the machine's Redis, even if the value were wrongly accepted.
+    env = dict(os.environ, TASKCAST_TRACE_URL=value, TASKCAST_REDIS_URL="redis://127.0.0.1:1/0")
+    run = subprocess.run(
+        [sys.executable, "-m", "taskcast", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    [line] = run.stderr.splitlines()
+    assert line.startswith(f"taskcast serve: TASKCAST_TRACE_URL={value!r} is invalid: {why}")
