@@ -216,24 +216,32 @@ def traced_bridge(task_settings: Settings, prefix: str) -> Iterator[RestartableB
 def test_the_dashboard_links_the_operations_trace_through_the_template(
     traced_bridge: RestartableBridge, producer: Producer, tracer: Tracer
 ) -> None:
+    """Followed live (the page showed the operation queued, untraced, before its traced
+    events came), and again after a reload, from the snapshot."""
     base = f"http://127.0.0.1:{traced_bridge.port}"
-    with (
-        tracer.start_as_current_span("POST /reports") as span,
-        Emitter(producer).operation("report.build") as op,
-    ):
-        op.progress(0.5, "half")
-    trace_id = ids_of(span)[0]
     status, _, body = http_get(f"{base}/api/config")
     assert (status, json.loads(body)) == (200, {"trace_url": TRACE_URL})
-    status, _, body = http_get(f"{base}/api/operations/{op.id}")
-    assert json.loads(body)["operation"]["trace_id"] == trace_id
+    operation_id = Emitter(producer).create_operation("report.build")
     with chromium() as browser:
         page = browser.new_page()
-        page.goto(f"{base}/?operation={op.id}")
+        page.goto(f"{base}/?operation={operation_id}")
+        expect(page.get_by_test_id("detail-status")).to_have_text("queued")
+        expect(page.get_by_test_id("detail-trace")).to_have_text("–")
+        with (
+            tracer.start_as_current_span("POST /reports") as span,
+            Emitter(producer).operation("report.build", operation_id=operation_id) as op,
+        ):
+            op.progress(0.5, "half")
+        trace_id = ids_of(span)[0]
         link = page.get_by_test_id("trace-link")
-        expect(link).to_have_text(trace_id)
-        expect(link).to_have_attribute("href", TRACE_URL.replace("{trace_id}", trace_id))
+        for _ in ("live", "from the snapshot"):
+            expect(page.get_by_test_id("detail-status")).to_have_text("completed")
+            expect(link).to_have_text(trace_id)
+            expect(link).to_have_attribute("href", TRACE_URL.replace("{trace_id}", trace_id))
+            page.reload()
         page.close()
+    status, _, body = http_get(f"{base}/api/operations/{operation_id}")
+    assert json.loads(body)["operation"]["trace_id"] == trace_id
 
 
 @pytest.mark.parametrize(
