@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from taskcast.events import Event, bounded_result, error_data, log_data, progress_data, status_data
 from taskcast.tasks.runtime import get_producer
 from taskcast.tasks.tracker import ProgressTracker
+from taskcast.tracing import current_span_ids
 
 if TYPE_CHECKING:
     from taskcast.tasks.producer import Producer
@@ -55,9 +56,23 @@ class Emitter:
         operation_type: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> int:
-        """Emit one event; the seq it got, or 0 (held back, dropped or after the end)."""
+        """Emit one event; the seq it got, or 0 (held back, dropped or after the end).
+
+        The event carries the caller's current OpenTelemetry span, taken here and not
+        when it is stored: a held-back progress value is stored later, by another thread.
+        """
+        trace_id, span_id = current_span_ids()
         return self.producer.emit(
-            Event(event_type, operation_id, data, time.time(), operation_type, metadata)
+            Event(
+                event_type,
+                operation_id,
+                data,
+                time.time(),
+                operation_type,
+                metadata,
+                trace_id=trace_id,
+                span_id=span_id,
+            )
         )
 
     def create_operation(

@@ -84,6 +84,15 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _trace_url(raw: str) -> str:
+    """The dashboard's link to a trace: a typo'd placeholder would link every trace nowhere."""
+    if "{trace_id}" not in raw:
+        raise ValueError("must contain {trace_id}, e.g. http://jaeger:16686/trace/{trace_id}")
+    if not raw.startswith(("http://", "https://", "/")):
+        raise ValueError("must be an http:// or https:// URL, or a path on the bridge's host")
+    return raw
+
+
 _REDIS = _url(("redis", "rediss", "unix"))
 _BROKER = _url(("redis", "rediss", "amqp", "amqps", "pyamqp", "memory", "sentinel"))
 
@@ -130,6 +139,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     insecure: bool = False
     record_args: bool = True
+    trace_url: str = ""
 
 
 # field name -> (environment variable, parser)
@@ -172,6 +182,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "allowed_origins": ("TASKCAST_ALLOWED_ORIGINS", _origins),
     "insecure": ("TASKCAST_INSECURE", _bool),
     "record_args": ("TASKCAST_RECORD_ARGS", _bool),
+    "trace_url": ("TASKCAST_TRACE_URL", _trace_url),
 }
 
 VARIABLES: dict[str, str] = {name: var for name, (var, _) in _ENV.items()}

@@ -166,6 +166,7 @@ function applyEvent(event) {
       model.finished_at = event.timestamp;
       break;
   }
+  if (event.trace_id) model.trace_id = event.trace_id;
   model.last_seq = event.seq;
   model.event_count = Math.max(model.event_count ?? 0, event.seq);
   model.updated_at = event.timestamp;
@@ -266,6 +267,7 @@ function renderDetail() {
   $('detail-elapsed').textContent = formatDuration(elapsed(model));
   $('detail-worker').textContent = model.worker ?? '–';
   $('detail-events').textContent = model.event_count ?? '–';
+  renderTrace(model);
   renderCancel($('detail-cancel'), model);
   renderOutcome(model);
 }
@@ -361,6 +363,49 @@ function showLogNotice(text) {
   const notice = $('log-notice');
   notice.textContent = text;
   notice.hidden = !text;
+}
+
+// ---- trace links ------------------------------------------------------------
+
+/** TASKCAST_TRACE_URL as the bridge hands it over (`{trace_id}` inside), or null: ids are shown unlinked. */
+let traceUrl = null;
+
+function loadConfig() {
+  fetch('/api/config')
+    .then((reply) => (reply.ok ? reply.json() : {}))
+    .then((config) => {
+      traceUrl = config.trace_url ?? null;
+      if (detail) invalidate(detail.id);
+    })
+    .catch(() => {}); // an older bridge has no /api/config: the trace id stays unlinked
+}
+
+/** The operation's OpenTelemetry trace id, linked to the tracing UI when a template is set. */
+function renderTrace(model) {
+  const cell = $('detail-trace');
+  const traceId = model.trace_id ?? null;
+  const href = traceId && traceUrl ? traceUrl.replaceAll('{trace_id}', encodeURIComponent(traceId)) : null;
+  if (cell.dataset.traceId === String(traceId) && cell.dataset.href === String(href)) return;
+  cell.dataset.traceId = String(traceId);
+  cell.dataset.href = String(href);
+  cell.title = traceId ?? '';
+  if (!traceId) {
+    cell.replaceChildren('–');
+    return;
+  }
+  const code = document.createElement('code');
+  code.textContent = traceId;
+  if (!href) {
+    cell.replaceChildren(code);
+    return;
+  }
+  const link = document.createElement('a');
+  link.href = href;
+  link.target = '_blank';
+  link.rel = 'noopener noreferrer';
+  link.dataset.testid = 'trace-link';
+  link.append(code);
+  cell.replaceChildren(link);
 }
 
 // ---- detail view and navigation -----------------------------------------
@@ -664,4 +709,5 @@ renderAccess();
 setInterval(tick, 1000);
 setInterval(() => { if (client.state === 'open') refreshStats(); }, STATS_INTERVAL_MS);
 setInterval(() => { if (client.state === 'open' && !monitorToggle.checked) refreshList(); }, STATS_INTERVAL_MS);
+loadConfig();
 client.connect().catch(reportError);

@@ -8,7 +8,7 @@ snapshot fields the same atomic append writes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -47,6 +47,9 @@ class Event:
     # The producer's own number for this event (0: none). An append retried after
     # its reply was lost carries the same number, so the store keeps it once.
     token: int = 0
+    # The OpenTelemetry span the event was produced in (taskcast.tracing), as hex.
+    trace_id: str | None = None
+    span_id: str | None = None
 
     @property
     def kind(self) -> bytes:
@@ -67,8 +70,10 @@ class Event:
             + dumps(self.operation_id)
             + b',"seq":'
         )
-        suffix = b',"timestamp":' + dumps(self.timestamp) + b',"data":' + dumps(self.data) + b"}"
-        return prefix, suffix
+        suffix = b',"timestamp":' + dumps(self.timestamp)
+        if self.trace_id:
+            suffix += b',"trace_id":' + dumps(self.trace_id) + b',"span_id":' + dumps(self.span_id)
+        return prefix, suffix + b',"data":' + dumps(self.data) + b"}"
 
     def snapshot_changes(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """Snapshot fields this event overwrites, and those it sets only if absent.
@@ -85,6 +90,8 @@ class Event:
         }
         if self.operation_type:
             if_absent["operation_type"] = dumps(self.operation_type)
+        if self.trace_id:  # the operation's latest trace: one more field, only when traced
+            overwrite["trace_id"] = dumps(self.trace_id)
         message = data.get("message")
         if message and self.event_type in ("status", "progress"):
             overwrite["message"] = dumps(message)
@@ -224,11 +231,4 @@ def capped(event: Event, max_bytes: int) -> Event:
         metadata = {
             k: _shortened(v, share) if k in _CAPPED_FIELDS else v for k, v in metadata.items()
         }
-    return Event(
-        event.event_type,
-        event.operation_id,
-        data,
-        event.timestamp,
-        event.operation_type,
-        metadata if event.metadata else None,
-    )
+    return replace(event, data=data, metadata=metadata if event.metadata else None)

@@ -52,6 +52,7 @@ SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "result": None,
     "error": None,
     "error_type": None,
+    "trace_id": None,  # *1.1*: the latest OpenTelemetry trace an event of it was produced in
 }
 
 
