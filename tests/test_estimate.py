@@ -1,18 +1,25 @@
 """ETA and rate (PROTOCOL.md 1.1): the pure estimator on a manual clock, the producer that
-adds them to stored progress (coalesced or not), and one real task on a real worker."""
+adds them to stored progress (coalesced or not), one real task on a real worker, and the
+words ``taskcast watch`` shows."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import pytest
 from helpers import ManualClock, TaskRun, events_of
+from rich.console import Console
 
+from taskcast.bridge import Bridge
+from taskcast.client import TaskcastClient
 from taskcast.events import Event, progress_data, status_data
 from taskcast.store import EventStore
 from taskcast.tasks.estimate import Estimate, Estimates, Estimator
 from taskcast.tasks.producer import Producer
+from taskcast.terminal import eta_text, follow
 from taskcast.worker_config import Settings
 
 
@@ -189,3 +196,44 @@ def test_a_real_task_streams_an_eta_close_to_the_truth(
         if 10 <= data["current"] <= 30:
             assert data["eta"] == pytest.approx(truth, rel=0.3, abs=0.3), data
             assert data["rate"] == pytest.approx(10.0, rel=0.3)  # steps per second
+
+
+async def test_watch_shows_the_time_left_beside_the_bar_until_the_end(
+    bridge: Bridge, store: EventStore
+) -> None:
+    """``taskcast watch``'s view of a running operation, through a real bridge: "~2 min
+    left" once a progress event has an eta, and no time left on the final bar."""
+    append = functools.partial(asyncio.to_thread, store.append)
+    await append(Event("status", "op", status_data("running")))
+    await append(Event("progress", "op", {**progress_data(0.5), "eta": 130.0, "rate": 0.004}))
+    console = Console(record=True, force_terminal=True, width=100)
+    async with TaskcastClient(bridge.url) as client:
+        watching = asyncio.create_task(follow(client, "op", console))
+
+        async def shown() -> None:
+            while "~2 min left" not in console.export_text(clear=False):
+                await asyncio.sleep(0.05)  # Rich redraws the bar 10 times a second
+
+        await asyncio.wait_for(shown(), 10)
+        await append(Event("completed", "op", {"status": "completed", "duration": 65.0}))
+        assert await asyncio.wait_for(watching, 10) == 0
+    bar = console.export_text().splitlines()[-2]
+    last_frame = bar[bar.rindex("completed") :]
+    assert "100%" in last_frame and "left" not in last_frame, bar
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, ""),
+        (-1.0, ""),
+        (0.0, "~1 s left"),
+        (44.6, "~45 s left"),
+        (59.5, "~1 min left"),
+        (150.0, "~3 min left"),
+        (5400.0, "~2 h left"),
+        (3 * 86400.0, "~3 d left"),
+    ],
+)
+def test_eta_text(seconds: float | None, text: str) -> None:
+    assert eta_text(seconds) == text
