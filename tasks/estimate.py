@@ -41,9 +41,10 @@ class Estimate(NamedTuple):
 class Estimator:
     """The discounted-totals estimate of one operation, fed ``(time, fraction)`` points.
 
-    No estimate until two distinct fractions lie at least ``min_span`` seconds
-    apart. A fraction lower than the previous one (the task restarted, or is
-    counting a new phase) starts afresh from that point.
+    No estimate until the fraction has risen and the points span at least
+    ``min_span`` seconds (two points a moment apart say little). A fraction
+    lower than the previous one (the task restarted, or is counting a new
+    phase) starts afresh from that point.
     """
 
     __slots__ = (

@@ -1,13 +1,14 @@
 """The dashboard page in a real headless Chromium, fed by a real bridge and Celery worker.
 
 What a user watching the page would notice: a running task's bar moving and
-ending at 100 % completed, its time left while it runs, the detail view's event log matching what Redis
-stored, and the page reconnecting after the bridge restarts mid-task without
-losing or repeating an event. On a bridge that requires tokens: a monitor
-token from the link works like an open bridge (and leaves the address bar),
-no token or a refused one is explained on the page instead of an empty list,
-and only a token with the cancel scope gets Cancel buttons, which revoke the
-task. Screenshots go to ``test-artifacts/`` for a look.
+ending at 100 % completed, its time left while it runs, the detail view's
+event log matching what Redis stored, and the page reconnecting after the
+bridge restarts mid-task without losing or repeating an event. On a bridge
+that requires tokens: a monitor token from the link works like an open bridge
+(and leaves the address bar), no token or a refused one is explained on the
+page instead of an empty list, and only a token with the cancel scope gets
+Cancel buttons, which revoke the task. Screenshots go to ``test-artifacts/``
+for a look.
 
 A script added before the page's own code records, with MutationObservers,
 every value the rows' ``data-progress`` and the indicator's ``data-state``
@@ -194,6 +195,7 @@ def test_a_running_task_shows_its_time_left_until_it_ends(
     row_eta = page.locator(f"{row_of(result.id)} [data-testid=operation-eta]")
     expect(row_eta).to_have_text(re.compile(r"^~[1-6] s left$"))
     expect(page.get_by_test_id("detail-eta")).to_have_text(re.compile(r"^~[1-6] s left$"))
+    screenshot(page, "dashboard-eta.png")
     wait_state(page, "#detail[data-status=completed]")
     expect(row_eta).to_have_text("")
     expect(page.get_by_test_id("detail-eta")).to_have_text("")
