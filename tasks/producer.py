@@ -12,7 +12,9 @@ stops, for up to ``shutdown_timeout`` seconds, so an operation does not stay
 ``running`` because Redis blinked.
 
 Progress events go through a :class:`~taskcast.tasks.coalesce.Coalescer`; the
-same thread flushes values held back when a task goes quiet.
+same thread flushes values held back when a task goes quiet. Each progress
+event that is stored (not each call) gets its operation's ``eta`` and ``rate``
+from :class:`~taskcast.tasks.estimate.Estimates`, so merged calls cost nothing more.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskcast.events import TERMINAL_EVENT_TYPES, Event, capped, log_data
+from taskcast.events import KIND_NORMAL, TERMINAL_EVENT_TYPES, Event, capped, log_data
 from taskcast.store import EventStore
 from taskcast.tasks.cancel import ENDED
 from taskcast.tasks.coalesce import Coalescer
+from taskcast.tasks.estimate import Estimates
 from taskcast.tasks.outbox import Outbox
 from taskcast.worker_config import Settings
 
@@ -70,6 +73,7 @@ class Producer:
             retry=Retry(NoBackoff(), 0),
         )
         self.coalescer = Coalescer(settings.progress_interval, clock)
+        self.estimates = Estimates()
         self.outbox = Outbox(settings.outbox_events)
         self.counters = {"stored": 0, "rejected": 0, "failed": 0, "invalid": 0, "retried": 0}
         # While events wait in the outbox (or the drainer holds one), every new
@@ -199,8 +203,8 @@ class Producer:
 
     def _store(self, event: Event) -> int:
         """Append now, or queue behind what already waits; on a store error, queue it."""
-        event = replace(event, token=next(self._tokens))
         with self._lock:
+            event = self._numbered(event)
             if self._inflight or len(self.outbox):
                 self.outbox.put(event)
                 return 0
@@ -212,6 +216,29 @@ class Producer:
                 self._store_failed(exc)
             return 0
         return seq or ENDED
+
+    def _numbered(self, event: Event) -> Event:
+        """``event`` with its token and, for progress, its estimate (under ``_lock``).
+
+        Done here, in the order the operation's events are stored, so a held-back
+        value is estimated at its own timestamp and an operation's estimator is
+        dropped by the event that ends or restarts it, after its last progress.
+        """
+        token = next(self._tokens)
+        data = event.data
+        if event.event_type == "progress":
+            fraction, total = data.get("progress"), data.get("total")
+            if isinstance(fraction, (int, float)):
+                if not isinstance(total, (int, float)):
+                    total = None
+                estimate = self.estimates.update(
+                    event.operation_id, event.timestamp, fraction, total
+                )
+                if estimate is not None:
+                    data = {**data, "eta": estimate.eta, "rate": estimate.rate}
+        elif event.kind != KIND_NORMAL:
+            self.estimates.forget(event.operation_id)
+        return replace(event, token=token, data=data)
 
     def _append(self, event: Event) -> int:
         """One append and its accounting; raises only on store errors.

@@ -1,13 +1,14 @@
 """The dashboard page in a real headless Chromium, fed by a real bridge and Celery worker.
 
 What a user watching the page would notice: a running task's bar moving and
-ending at 100 % completed, the detail view's event log matching what Redis
-stored, and the page reconnecting after the bridge restarts mid-task without
-losing or repeating an event. On a bridge that requires tokens: a monitor
-token from the link works like an open bridge (and leaves the address bar),
-no token or a refused one is explained on the page instead of an empty list,
-and only a token with the cancel scope gets Cancel buttons, which revoke the
-task. Screenshots go to ``test-artifacts/`` for a look.
+ending at 100 % completed, its time left while it runs, the detail view's
+event log matching what Redis stored, and the page reconnecting after the
+bridge restarts mid-task without losing or repeating an event. On a bridge
+that requires tokens: a monitor token from the link works like an open bridge
+(and leaves the address bar), no token or a refused one is explained on the
+page instead of an empty list, and only a token with the cancel scope gets
+Cancel buttons, which revoke the task. Screenshots go to ``test-artifacts/``
+for a look.
 
 A script added before the page's own code records, with MutationObservers,
 every value the rows' ``data-progress`` and the indicator's ``data-state``
@@ -17,6 +18,7 @@ rather than samples taken by polling.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import uuid
@@ -181,6 +183,22 @@ def test_page_reconnects_after_bridge_restart_and_shows_every_event_once(
     states = history["states"]
     assert states[-1] == "open" and "open" in states[:-1], f"no reconnect seen: {states}"
     assert set(states[states.index("open") :]) - {"open"}, f"never left open: {states}"
+
+
+def test_a_running_task_shows_its_time_left_until_it_ends(
+    page: Page, restartable_bridge: RestartableBridge, task_app: Celery
+) -> None:
+    """``test.sleep``: 40 steps of 0.1 s; once its pace is known the row and the detail
+    view say "~3 s left" or so, and nothing once it completed."""
+    result = task_app.send_task("test.sleep", kwargs={"seconds": 4.0, "steps": 40})
+    page.goto(page_url(restartable_bridge, result.id))
+    row_eta = page.locator(f"{row_of(result.id)} [data-testid=operation-eta]")
+    expect(row_eta).to_have_text(re.compile(r"^~[1-6] s left$"))
+    expect(page.get_by_test_id("detail-eta")).to_have_text(re.compile(r"^~[1-6] s left$"))
+    screenshot(page, "dashboard-eta.png")
+    wait_state(page, "#detail[data-status=completed]")
+    expect(row_eta).to_have_text("")
+    expect(page.get_by_test_id("detail-eta")).to_have_text("")
 
 
 # --- access control -------------------------------------------------------------------

@@ -63,6 +63,11 @@ def test_js_client_logic() -> None:
     run_node_tests(JS_TESTS / "taskcast_logic.test.mjs")
 
 
+def test_js_eta_text() -> None:
+    """The words the dashboard shows for an ``eta``, the same as ``taskcast watch``'s."""
+    run_node_tests(JS_TESTS / "taskcast_eta.test.mjs")
+
+
 @pytest.fixture
 def private_redis() -> Iterator[EmbeddedRedis]:
     """A redis-server of this test's own, so the Node test can take it down (an outage)

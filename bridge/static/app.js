@@ -5,7 +5,7 @@
 // buttons): from the address's fragment (`/#token=...`, removed from the address bar once read) or
 // pasted into the page, kept in this tab's sessionStorage. Without one, or when the bridge refuses
 // or expires it, the page says so and asks for one instead of showing an empty list.
-import { TaskcastClient, tokenClaims } from '/static/taskcast.js';
+import { TaskcastClient, etaText, tokenClaims } from '/static/taskcast.js';
 
 const KNOWN_STATUSES = new Set(['queued', 'running', 'retrying', 'completed', 'failed', 'revoked', 'lost']);
 const FINISHED_STATUSES = new Set(['completed', 'failed', 'revoked', 'lost']);
@@ -145,12 +145,14 @@ function applyEvent(event) {
     case 'status':
       model.status = data.status;
       if (data.status === 'running') model.started_at ??= event.timestamp;
+      if (data.status === 'queued' || data.status === 'running') model.eta = null;
       if (data.message) model.message = data.message;
       if (!FINISHED_STATUSES.has(data.status)) model.finished_at = null;
       break;
     case 'progress':
       if (typeof data.progress === 'number') model.progress = data.progress;
       if (data.message) model.message = data.message;
+      model.eta = data.eta ?? null;
       break;
     case 'result':
       model.result = data.result;
@@ -214,12 +216,16 @@ function renderRow({ model, row }) {
   row.querySelector('.op-id').title = model.operation_id;
   row.querySelector('.percent').textContent = `${setBar(row.querySelector('.bar'), model.progress)}%`;
   row.querySelector('.op-message').textContent = summary(model);
+  row.querySelector('.op-eta').textContent = timeLeft(model);
   row.querySelector('.op-elapsed').textContent = formatDuration(elapsed(model));
   renderCancel(row.querySelector('.op-cancel'), model);
   row.hidden = !matchesFilter(model);
   if (model.operation_id === detail?.id) row.setAttribute('aria-current', 'true');
   else row.removeAttribute('aria-current');
 }
+
+/** "~2 min left" from the latest progress event's estimate, while the operation runs. */
+const timeLeft = (model) => (isFinished(model) ? '' : etaText(model.eta));
 
 /** The latest message; for a failure, what went wrong. */
 function summary(model) {
@@ -262,6 +268,7 @@ function renderDetail() {
   setBadge($('detail-status'), model.status);
   $('detail-bar').dataset.kind = statusKind(model.status);
   $('detail-percent').textContent = `${setBar($('detail-bar'), model.progress)}%`;
+  $('detail-eta').textContent = timeLeft(model);
   $('detail-message').textContent = model.status ? summary(model) : 'Waiting for the operation to start…';
   $('detail-started').textContent = model.started_at ? dateFormat.format(model.started_at * 1000) : '–';
   $('detail-elapsed').textContent = formatDuration(elapsed(model));

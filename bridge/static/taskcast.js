@@ -1089,3 +1089,17 @@ function monitorCommand(operationType) {
 function cancelWaiter(entry, reason) {
   entry?.waiter?.reject(codedError('unsubscribed', reason));
 }
+
+/**
+ * An operation's `eta` (seconds left, PROTOCOL.md 1.1) as a person reads it: "~40 s left",
+ * "~2 min left", "~3 h left", "~2 d left"; whole units rounded half up, the same words as
+ * `taskcast watch`. Empty when there is no estimate.
+ * @param {number|null|undefined} seconds
+ * @returns {string}
+ */
+export function etaText(seconds) {
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 0) return '';
+  const units = [['s', 1, 59.5], ['min', 60, 89.5 * 60], ['h', 3600, 47.5 * 3600], ['d', 86400, Infinity]];
+  const [unit, size] = units.find(([, , upto]) => seconds < upto);
+  return `~${Math.max(1, Math.floor(seconds / size + 0.5))} ${unit} left`;
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from taskcast.client import BridgeUnavailable, CommandError, TaskcastClient
+from taskcast.events import REOPENING_STATUSES
 from taskcast.protocol import NOT_FOUND
 from taskcast.tasks import instrument
 from taskcast.worker_config import celery_config, load_settings
@@ -35,6 +37,13 @@ EXIT_UNREACHABLE = 3
 EXIT_UNKNOWN = 4  # no such operation, or no worker has the task
 EXIT_USAGE = 2
 LOG_STYLES = {"debug": "dim", "info": "cyan", "warning": "yellow", "error": "bold red"}
+# (unit, seconds per unit, used below this many seconds), as etaText in bridge/static/taskcast.js
+ETA_UNITS = (
+    ("s", 1, 59.5),
+    ("min", 60, 89.5 * 60),
+    ("h", 3600, 47.5 * 3600),
+    ("d", 86400, math.inf),
+)
 
 
 def default_url() -> str:
@@ -109,17 +118,38 @@ def parse_arg(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def eta_text(seconds: float | None) -> str:
+    """``~40 s left``, ``~2 min left``, ``~3 h left``: an ``eta`` as a person reads it.
+
+    Whole units, rounded half up (as the dashboard's ``etaText`` in taskcast.js
+    does, so both show the same words); empty when there is no estimate.
+    """
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return ""
+    unit, size = next((unit, size) for unit, size, upto in ETA_UNITS if seconds < upto)
+    return f"~{max(1, math.floor(seconds / size + 0.5))} {unit} left"
+
+
 def apply_event(row: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
-    """Fold one event into a displayed operation row (status, progress, message)."""
+    """Fold one event into a displayed operation row (status, progress, eta, message).
+
+    ``eta`` is the latest progress event's; the end of the operation, or a
+    start again, clears it.
+    """
     data = event.get("data", {})
     kind = event["event_type"]
     row.setdefault("operation_id", event["operation_id"])
     if kind == "status":
         row["status"] = data.get("status")
+        if row["status"] in REOPENING_STATUSES:
+            row["eta"] = None
     elif kind == "completed":
-        row["status"], row["progress"] = "completed", 1.0
+        row["status"], row["progress"], row["eta"] = "completed", 1.0, None
     elif kind == "error":
         row["status"], row["message"] = data.get("status", "failed"), data.get("error", "")
+        row["eta"] = None
+    elif kind == "progress":
+        row["eta"] = data.get("eta")
     if data.get("progress") is not None:
         row["progress"] = data["progress"]
     if kind in ("status", "progress") and data.get("message"):
@@ -163,12 +193,13 @@ async def follow(
         TextColumn("[bold]{task.fields[status]:<10}"),
         BarColumn(),
         TaskProgressColumn(),
+        TextColumn("[cyan]{task.fields[eta]}"),
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
     )
     ending: dict[str, Any] | None = None
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("", total=1.0, status="waiting")
+        task = bar.add_task("", total=1.0, status="waiting", eta="")
         async for event in client.watch(operation_id):
             row = apply_event({}, event)
             data = event["data"]
@@ -181,6 +212,8 @@ async def follow(
                 update["status"] = row["status"]
             if "progress" in row:
                 update["completed"] = row["progress"]
+            if "eta" in row:
+                update["eta"] = eta_text(row["eta"])
             if row.get("message"):
                 update["description"] = row["message"]
             bar.update(task, **update)
