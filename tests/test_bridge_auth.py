@@ -16,11 +16,15 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import jwt
 import orjson
 import pytest
-from bridge_helpers import BridgeProcess, WsClient, running_bridge
+from bridge_helpers import BridgeProcess, WsClient, eventually, running_bridge
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from helpers import AUTH_SECRET, worker_env
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -33,10 +37,15 @@ from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
 
-@pytest.fixture
-async def secured(redis_url: str, prefix: str, store: EventStore) -> AsyncIterator[Bridge]:
+def store_two_operations(store: EventStore) -> None:
+    """``op-a`` and ``op-b``, both queued: one a token names, one it does not."""
     for op in ("op-a", "op-b"):
         store.append(Event("status", op, status_data("queued"), operation_type="t"))
+
+
+@pytest.fixture
+async def secured(redis_url: str, prefix: str, store: EventStore) -> AsyncIterator[Bridge]:
+    store_two_operations(store)
     async with running_bridge(redis_url, prefix, auth_secret=AUTH_SECRET) as bridge:
         yield bridge
 
@@ -105,8 +114,18 @@ async def test_without_a_token_only_auth_and_ping_work(secured: Bridge) -> None:
     await client.close()
 
 
-async def test_a_token_for_one_operation_cannot_reach_another(secured: Bridge) -> None:
-    client = await WsClient.open(f"{secured.url}?token={token('op-a')}")
+async def holding(url: str, token: str, via: str) -> WsClient:
+    """A client holding ``token``, given in the URL (``via="url"``) or by ``auth``."""
+    if via == "url":
+        return await WsClient.open(f"{url}?token={token}")
+    client = await WsClient.open(url)
+    assert (await client.request("auth", token=token))["status"] == "authenticated"
+    return client
+
+
+@pytest.mark.parametrize("via", ["url", "auth"])
+async def test_a_token_for_one_operation_cannot_reach_another(secured: Bridge, via: str) -> None:
+    client = await holding(secured.url, token("op-a"), via)
     assert (await client.request("subscribe", operation_id="op-a"))["status"] == "subscribed"
     for command, fields in (
         ("subscribe", {"operation_id": "op-b"}),
@@ -118,6 +137,23 @@ async def test_a_token_for_one_operation_cannot_reach_another(secured: Bridge) -
     ):
         assert (await client.request(command, **fields))["code"] == "forbidden", command
     assert (await client.request("ping"))["status"] == "pong"  # still connected
+    await client.close()
+
+
+async def test_a_cancel_token_for_one_operation_cannot_cancel_another(
+    secured: Bridge, store: EventStore
+) -> None:
+    cancel_a = token("op-a", scopes=["read", "cancel"])
+    client = await holding(secured.url, cancel_a, "url")
+    assert (await client.request("cancel", operation_id="op-b"))["code"] == "forbidden"
+    cancel_b = f"http://127.0.0.1:{secured.port}/api/operations/op-b/cancel"
+    assert (await asyncio.to_thread(http, cancel_b, cancel_a, method="POST"))[0] == 403
+    assert store.snapshot("op-b")["status"] == "queued"  # B goes on
+    # The same token does cancel A: the refusals were about B, not a useless token.
+    reply = await client.request("cancel", operation_id="op-a")
+    assert (reply["status"], reply["operation_id"]) == ("cancelling", "op-a")
+    await eventually(lambda: store.snapshot("op-a")["status"] == "revoked")
+    assert store.snapshot("op-b")["status"] == "queued"
     await client.close()
 
 
@@ -152,14 +188,17 @@ async def test_no_token_in_time_closes_with_1008(
     assert await client.wait_closed(timeout=5) == 1008
 
 
-def http(url: str, bearer: str | None = None, origin: str | None = None) -> tuple[int, dict]:
+def http(
+    url: str, bearer: str | None = None, origin: str | None = None, method: str = "GET"
+) -> tuple[int, dict]:
     headers = {}
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
     if origin:
         headers["Origin"] = origin
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+        request = urllib.request.Request(url, headers=headers, method=method)
+        with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, dict(r.headers)
     except urllib.error.HTTPError as err:
         assert orjson.loads(err.read())["status"] == "error"
@@ -182,6 +221,49 @@ async def test_http_needs_a_token_and_honours_its_scope(secured: Bridge) -> None
     assert await status("/api/stats", token("op-a")) == 403
     assert await status("/api/operations", token([], scopes=["monitor"])) == 200
     assert await status("/healthz") == 200  # health and the dashboard page stay open
+
+
+def key_pair(algorithm: str) -> tuple[Any, bytes]:
+    """A new private key for ``algorithm`` (RS256 or ES256) and its public key as PEM."""
+    if algorithm == "RS256":
+        private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+async def test_tokens_signed_by_a_private_key_are_checked_with_the_public_key_file(
+    task_settings: Settings, prefix: str, store: EventStore, tmp_path: Path, algorithm: str
+) -> None:
+    private, public = key_pair(algorithm)
+    other, _ = key_pair(algorithm)
+    (tmp_path / "taskcast.pub").write_bytes(public)
+    store_two_operations(store)
+
+    def signed(key: Any) -> str:
+        return jwt.encode({"exp": int(time.time()) + 60, "ops": ["op-a"]}, key, algorithm)
+
+    env = worker_env(
+        replace(task_settings, prefix=prefix, auth_public_key=str(tmp_path / "taskcast.pub"))
+    )
+    assert env["TASKCAST_AUTH_PUBLIC_KEY"] == str(tmp_path / "taskcast.pub")
+    bridge = BridgeProcess("--port", "0", env=env)
+    try:
+        bridge.wait_listening()
+        client = await WsClient.open(f"{bridge.url}?token={signed(private)}")
+        assert (await client.request("subscribe", operation_id="op-a"))["status"] == "subscribed"
+        assert (await client.request("subscribe", operation_id="op-b"))["code"] == "forbidden"
+        await client.close()
+        api = f"http://127.0.0.1:{bridge.port}/api/operations/op-a"
+        assert (await asyncio.to_thread(http, api, signed(private)))[0] == 200
+        # Signed by another key pair, or an HS256 token from a shared secret: refused.
+        for refused in (signed(other), token("op-a")):
+            assert await close_code(f"{bridge.url}?token={refused}") == 1008
+            assert (await asyncio.to_thread(http, api, refused))[0] == 401
+    finally:
+        bridge.stop()
 
 
 async def test_origin_allowlist_refuses_other_browser_origins(redis_url: str, prefix: str) -> None:

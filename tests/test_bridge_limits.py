@@ -15,7 +15,7 @@ import pytest
 from bridge_helpers import BridgeProcess, WsClient, eventually, http_get, running_bridge
 from helpers import worker_env
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from taskcast.events import Event, log_data
 from taskcast.store import EventStore
@@ -171,4 +171,8 @@ async def test_a_client_that_never_reads_its_replies_is_closed_as_a_slow_consume
             await ws.send(frame)
         await eventually(lambda: not bridge.hub.connections, timeout=15)
         assert bridge.hub.stats.slow_consumer_disconnects == 1
-        ws.transport.abort()
+        ws.transport.resume_reading()  # reading again, the client learns why it was dropped
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 4008

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -30,6 +29,7 @@ import pytest
 import redis
 from bridge_helpers import RestartableBridge
 from helpers import AUTH_SECRET, ROOT_DIR, TESTS_DIR, worker_env
+from system_packages import require_binary
 
 from taskcast import mint_token
 from taskcast.embedded_redis import EmbeddedRedis
@@ -37,15 +37,14 @@ from taskcast.events import Event, log_data
 from taskcast.store import EventStore
 from taskcast.worker_config.settings import Settings
 
-NODE = shutil.which("node")
 JS_TESTS = TESTS_DIR / "js"
 
 
 def run_node_tests(test_file: Path, env: dict[str, str] | None = None) -> None:
     """Run one ``node --test`` file; fail unless it passed tests and skipped none."""
-    assert NODE, "node (20 or later) is required to test the JS client"
+    node = require_binary("node", "nodejs")  # 20 or later
     proc = subprocess.run(
-        [NODE, "--experimental-websocket", "--test", str(test_file)],
+        [node, "--experimental-websocket", "--test", str(test_file)],
         cwd=ROOT_DIR,
         env=env,
         capture_output=True,

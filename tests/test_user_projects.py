@@ -11,17 +11,21 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery, current_app
-from helpers import WorkerProcess, events_of, summary, wait_finished, worker_env
+from helpers import WorkerProcess, events_of, summary, wait_finished, wait_for, worker_env
 
 import taskcast
+from taskcast.embedded_redis import EmbeddedRedis
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
+
+INSTRUMENT = "taskcast.instrument(app)"
 
 CELERY_MODULE = """
     from celery import Celery
@@ -101,42 +105,49 @@ for name, args in calls.items():
 """
 
 
-def write_project(root: Path, instrument: bool, broker: str, backend: str, queue: str) -> Path:
+def write_project(root: Path, instrument: str, broker: str, backend: str, queue: str) -> Path:
+    """``proj/`` under ``root``; ``instrument`` is the source (any lines) that calls taskcast."""
     package = root / "proj"
     package.mkdir(parents=True)
     sources = {
         "__init__.py": "from .celery import app as celery_app\n\n__all__ = ('celery_app',)\n",
-        "celery.py": CELERY_MODULE.format(
-            instrument="taskcast.instrument(app)" if instrument else ""
+        "celery.py": textwrap.dedent(CELERY_MODULE).format(instrument=instrument),
+        "celeryconfig.py": textwrap.dedent(CONFIG_MODULE).format(
+            broker=broker, backend=backend, queue=queue
         ),
-        "celeryconfig.py": CONFIG_MODULE.format(broker=broker, backend=backend, queue=queue),
-        "tasks.py": TASKS_MODULE,
+        "tasks.py": textwrap.dedent(TASKS_MODULE),
     }
     for name, source in sources.items():
-        (package / name).write_text(textwrap.dedent(source))
+        (package / name).write_text(source)
     (root / "publish.py").write_text(PUBLISHER)
     return root
 
 
+RunProject = Callable[..., dict[str, tuple[str, str]]]
+
+
 @pytest.fixture
-def run_project(
-    task_settings: Settings, prefix: str, tmp_path: Path
-) -> Callable[[bool], dict[str, tuple[str, str]]]:
-    """``run_project(instrument)``: write the project, start ``celery -A proj worker``, publish
-    each task from another process; returns ``{name: (task id, printed value)}`` and the
-    broker the publisher used under ``"broker"``."""
+def run_project(task_settings: Settings, prefix: str, tmp_path: Path) -> Iterator[RunProject]:
+    """``run_project(instrument=INSTRUMENT, environment=None)``: write the project (with
+    ``instrument``, the taskcast source of its celery.py; "" for none), start ``celery -A
+    proj worker``, publish each task from another process; returns ``{name: (task id,
+    printed value)}`` and the broker the publisher used under ``"broker"``. Both processes
+    get the ``TASKCAST_*`` variables of ``environment`` (default: this test's store)."""
     base = task_settings.redis_url.rsplit("/", 1)[0]
     started: list[WorkerProcess] = []
 
-    def run(instrument: bool) -> dict[str, tuple[str, str]]:
+    def run(
+        instrument: str = INSTRUMENT, environment: Settings | None = None
+    ) -> dict[str, tuple[str, str]]:
         queue = f"{prefix.rstrip(':')}-proj"
         broker = f"{base}/8"
         root = write_project(tmp_path / "site", instrument, broker, f"{base}/9", queue)
         # The project's own configuration names its broker; CELERY_BROKER_URL in the
         # environment would override it (Celery reads that variable itself).
+        settings = environment or replace(task_settings, prefix=prefix)
         env = {
             name: value
-            for name, value in worker_env(replace(task_settings, prefix=prefix)).items()
+            for name, value in worker_env(settings).items()
             if not name.startswith("CELERY_")
         }
         worker = WorkerProcess(env, queue, tmp_path / "proj.log", app="proj", cwd=root)
@@ -164,10 +175,11 @@ def run_project(
         worker.stop()
 
 
-def test_instrumented_project_streams_every_task_and_its_progress(
-    run_project: Callable[[bool], dict[str, tuple[str, str]]], store: EventStore
-) -> None:
-    runs = run_project(True)
+LIFECYCLE = {"status:queued", "status:running", "result", "completed", "error"}
+
+
+def assert_every_task_streamed(runs: dict[str, tuple[str, str]], store: EventStore) -> None:
+    """Each task of the project returned, and ``store`` holds its lifecycle, each event once."""
     assert {name: value for name, (_, value) in runs.items() if name != "broker"} == {
         "crunch": "4",
         "add": "5",
@@ -181,13 +193,21 @@ def test_instrumented_project_streams_every_task_and_its_progress(
         events = events_of(store, task_id)
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), name
         steps = summary(events)
-        assert steps[:2] == ["status:queued", "status:running"], (name, steps)
+        ending = ["error"] if name == "boom" else ["result", "completed"]
+        lifecycle = [step for step in steps if step in LIFECYCLE]
+        assert lifecycle == ["status:queued", "status:running", *ending], (name, steps)
+        assert steps[:2] == ["status:queued", "status:running"] and steps[-1] == ending[-1]
         if name == "boom":
-            assert steps[-1] == "error" and snapshot["status"] == "failed"
-            assert snapshot["error_type"] == "ValueError"
+            assert snapshot["status"] == "failed" and snapshot["error_type"] == "ValueError"
         else:
-            assert steps[-2:] == ["result", "completed"], (name, steps)
             assert snapshot["status"] == "completed"
+
+
+def test_instrumented_project_streams_every_task_and_its_progress(
+    run_project: RunProject, store: EventStore
+) -> None:
+    runs = run_project()
+    assert_every_task_streamed(runs, store)
     counts = {
         name: [(e["data"].get("current"), e["data"].get("total")) for e in
                events_of(store, runs[name][0]) if e["event_type"] == "progress"]
@@ -203,14 +223,70 @@ def test_instrumented_project_streams_every_task_and_its_progress(
 
 
 def test_without_instrument_only_progress_tasks_are_recorded(
-    run_project: Callable[[bool], dict[str, tuple[str, str]]], store: EventStore
+    run_project: RunProject, store: EventStore
 ) -> None:
-    runs = run_project(False)
+    runs = run_project("")
     crunch = wait_finished(store, runs["crunch"][0])
     assert crunch["status"] == "completed"
     assert summary(events_of(store, runs["crunch"][0]))[:2] == ["status:queued", "status:running"]
     for name in ("add", "with_helpers", "recorded", "boom"):
         assert store.snapshot(runs[name][0]) is None, f"{name} of an app nobody instrumented"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server that only ``instrument``'s keyword arguments name."""
+    with EmbeddedRedis() as server:
+        yield server
+
+
+def test_instrument_keyword_settings_choose_the_store_and_calling_it_twice_doubles_nothing(
+    own_redis: EmbeddedRedis,
+    run_project: RunProject,
+    task_settings: Settings,
+    prefix: str,
+    redis_client: redis.Redis,
+) -> None:
+    elsewhere = f"elsewhere-{prefix}"  # where the TASKCAST_* environment points
+    runs = run_project(
+        f"taskcast.instrument(app, redis_url={own_redis.url!r}, prefix={prefix!r})\n"
+        "taskcast.instrument(app)  # a second call, as a second module might make",
+        replace(task_settings, prefix=elsewhere),
+    )
+    own = redis.Redis.from_url(own_redis.url)
+    try:
+        assert_every_task_streamed(runs, EventStore(own, prefix=prefix))
+    finally:
+        own.close()
+    assert redis_client.keys(f"{elsewhere}*") == [], "events went where the environment points"
+
+
+def progress_of(store: EventStore, operation_id: str) -> list[dict]:
+    return [e["data"] for e in events_of(store, operation_id) if e["event_type"] == "progress"]
+
+
+def test_progress_recorder_still_stores_celerys_progress_state_for_polling_views(
+    task_app: Celery, store: EventStore, tmp_path: Path
+) -> None:
+    """celery-progress's views poll ``AsyncResult``: the state must stay there while it runs."""
+    release = tmp_path / "release"
+    result = task_app.send_task("test.recorder_until", kwargs={"path": str(release)})
+    try:
+        wait_for(lambda: result.state == "PROGRESS", timeout=15)
+        assert result.info == {
+            "pending": False,
+            "current": 2,
+            "total": 5,
+            "percent": 40.0,
+            "description": "row 2",
+        }
+        streamed = wait_for(lambda: progress_of(store, result.id))
+        assert [(p["current"], p["total"], p["message"]) for p in streamed] == [(2, 5, "row 2")]
+        assert store.snapshot(result.id)["status"] == "running"
+    finally:
+        release.touch()
+    assert result.get(timeout=15) == 2 and result.state == "SUCCESS"
+    assert wait_finished(store, result.id)["status"] == "completed"
 
 
 class UserConfig:

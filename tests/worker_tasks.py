@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 import taskcast
-from taskcast import ProgressTask
+from taskcast import ProgressRecorder, ProgressTask
 from taskcast.demo import samples
 from taskcast.worker_config import celery_config, load_settings
 
@@ -116,14 +116,28 @@ def numbered(self: ProgressTask, lines: int = 100, delay: float = 0.05) -> int:
     return lines
 
 
+def wait_for_file(path: str, timeout: float) -> None:
+    """Return once the file at ``path`` exists (or ``timeout`` passed): a test's release."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 @app.task(bind=True, base=ProgressTask, name="test.finish_when")
 def finish_when(self: ProgressTask, path: str, timeout: float = 60.0) -> str:
     """Run until the file at ``path`` exists, so a test chooses the moment it finishes."""
     self.status("waiting", f"for {path}")
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_file(path, timeout)
     return path
+
+
+@app.task(bind=True, name="test.recorder_until")
+def recorder_until(self: Any, path: str, current: int = 2, total: int = 5) -> int:
+    """A celery-progress task (plain ``bind=True``, its ``ProgressRecorder``) that stays at
+    ``current`` of ``total`` until the file at ``path`` exists."""
+    ProgressRecorder(self).set_progress(current, total, description=f"row {current}")
+    wait_for_file(path, 60.0)
+    return current
 
 
 @app.task(name="test.unserializable")
