@@ -8,7 +8,7 @@ snapshot fields the same atomic append writes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -32,6 +32,25 @@ def dumps(value: Any) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Parent:
+    """The operation an event's operation belongs to (its snapshot's ``parent_id``).
+
+    A member of a Celery group or chord (``aggregates``) also moves its parent:
+    the store updates the parent's aggregate with the same append (see
+    :mod:`taskcast.members`). A chain link only names its chain's first task.
+    """
+
+    operation_id: str
+    aggregates: bool = True
+    # Set by the publisher of a member: the type the parent gets when it is created.
+    operation_type: str = ""
+    # Set by the publisher of a group's last member: how many members it has.
+    size: int = 0
+    # A chord's body, the chord's last member from the moment its size is known.
+    body_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One event before it is stored; ``seq`` does not exist until then."""
 
@@ -47,6 +66,7 @@ class Event:
     # The producer's own number for this event (0: none). An append retried after
     # its reply was lost carries the same number, so the store keeps it once.
     token: int = 0
+    parent: Parent | None = None
 
     @property
     def kind(self) -> bytes:
@@ -85,6 +105,8 @@ class Event:
         }
         if self.operation_type:
             if_absent["operation_type"] = dumps(self.operation_type)
+        if self.parent is not None:
+            overwrite["parent_id"] = dumps(self.parent.operation_id)
         message = data.get("message")
         if message and self.event_type in ("status", "progress"):
             overwrite["message"] = dumps(message)
@@ -224,11 +246,4 @@ def capped(event: Event, max_bytes: int) -> Event:
         metadata = {
             k: _shortened(v, share) if k in _CAPPED_FIELDS else v for k, v in metadata.items()
         }
-    return Event(
-        event.event_type,
-        event.operation_id,
-        data,
-        event.timestamp,
-        event.operation_type,
-        metadata if event.metadata else None,
-    )
+    return replace(event, data=data, metadata=metadata if event.metadata else None)
