@@ -22,7 +22,16 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from taskcast.events import Event, bounded_result, error_data, log_data, progress_data, status_data
+from taskcast.events import (
+    Event,
+    Parent,
+    bounded_result,
+    error_data,
+    log_data,
+    progress_data,
+    status_data,
+)
+from taskcast.tasks.canvas import parent_of
 from taskcast.tasks.runtime import get_producer
 from taskcast.tasks.tracker import ProgressTracker
 
@@ -54,10 +63,21 @@ class Emitter:
         data: dict[str, Any],
         operation_type: str | None = None,
         metadata: dict[str, Any] | None = None,
+        parent: Parent | None = None,
     ) -> int:
-        """Emit one event; the seq it got, or 0 (held back, dropped or after the end)."""
+        """Emit one event; the seq it got, or 0 (held back, dropped or after the end).
+
+        Without ``parent``, a task this process runs as a group member names its group."""
         return self.producer.emit(
-            Event(event_type, operation_id, data, time.time(), operation_type, metadata)
+            Event(
+                event_type,
+                operation_id,
+                data,
+                time.time(),
+                operation_type,
+                metadata,
+                parent=parent or parent_of(operation_id),
+            )
         )
 
     def create_operation(

@@ -33,9 +33,10 @@ process taskcast does not instrument) changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from taskcast.events import Event, dumps
+from taskcast.events import Event, Parent, dumps
 from taskcast.keys import score
 
 GROUP_TYPE = "celery.group"
@@ -201,3 +202,10 @@ def member_args(
         live_maxlen,
         nonce,
     ]
+
+
+def parent_in(snapshot: Mapping[str, Any]) -> Parent | None:
+    """The parent a stored snapshot names, for events written by whoever has only that (the
+    lost-worker sweep, a redelivery). A chain's root is no group: the store leaves it be."""
+    parent_id = snapshot.get("parent_id")
+    return Parent(parent_id) if parent_id else None
