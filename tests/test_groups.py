@@ -1,4 +1,5 @@
-"""Groups and chords from a real ``celery worker``, read through a real bridge subscriber.
+"""Groups and chords from a real ``celery worker``, read through a real bridge subscriber
+(and ``taskcast watch``'s view of one).
 
 The publisher is this process (the tests' instrumented app), the members run
 in a worker subprocess, and a chord's body is published by that worker.
@@ -6,6 +7,7 @@ in a worker subprocess, and a chord's body is published by that worker.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,8 +15,12 @@ from bridge_helpers import WsClient
 from celery import Celery, chord, group
 from celery.canvas import Signature
 from helpers import events_of, gap_free
+from rich.console import Console
 
+from taskcast.bridge import Bridge
+from taskcast.client import TaskcastClient
 from taskcast.store import EventStore
+from taskcast.terminal import follow as follow_in_terminal
 
 OpenClient = Callable[..., Awaitable[WsClient]]
 
@@ -102,3 +108,18 @@ async def test_a_chord_counts_its_body_as_its_last_member(
     assert snapshot["operation_type"] == "celery.chord"
     assert_members(store, chord_id, [child.id for child in result.parent.results] + [result.id])
     assert store.snapshot(result.id)["status"] == "completed"
+
+
+async def test_watch_shows_the_combined_bar_and_a_line_per_member(
+    worker_process, task_app: Celery, store: EventStore, bridge: Bridge
+) -> None:
+    worker = worker_process(concurrency=2)
+    result = group(steps(task_app, worker.queue, count=3) for _ in range(3)).apply_async()
+    output = io.StringIO()
+    console = Console(file=output, width=160, force_terminal=False)
+    async with TaskcastClient(bridge.url) as client:
+        assert await follow_in_terminal(client, result.id, console) == 0
+    text = output.getvalue()
+    assert "completed" in text and "3 of 3 done" in text
+    for child in result.results:
+        assert f"{child.id[:8]} step 3" in text
