@@ -35,6 +35,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 from taskcast.events import Parent
@@ -53,7 +54,7 @@ def group_position() -> tuple[int, bool] | None:
     from celery.canvas import group
 
     loop = group._apply_tasks.__code__
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is loop:
             names = frame.f_locals
