@@ -22,7 +22,16 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from taskcast.events import Event, bounded_result, error_data, log_data, progress_data, status_data
+from taskcast.events import (
+    Event,
+    Parent,
+    bounded_result,
+    error_data,
+    log_data,
+    progress_data,
+    status_data,
+)
+from taskcast.tasks.canvas import parent_of
 from taskcast.tasks.runtime import get_producer
 from taskcast.tasks.tracker import ProgressTracker
 from taskcast.tracing import current_span_ids
@@ -55,11 +64,13 @@ class Emitter:
         data: dict[str, Any],
         operation_type: str | None = None,
         metadata: dict[str, Any] | None = None,
+        parent: Parent | None = None,
     ) -> int:
         """Emit one event; the seq it got, or 0 (held back, dropped or after the end).
 
         The event carries the caller's current OpenTelemetry span, taken here and not
         when it is stored: a held-back progress value is stored later, by another thread.
+        Without ``parent``, a task this process runs as a group member names its group.
         """
         trace_id, span_id = current_span_ids()
         return self.producer.emit(
@@ -72,6 +83,7 @@ class Emitter:
                 metadata,
                 trace_id=trace_id,
                 span_id=span_id,
+                parent=parent or parent_of(operation_id),
             )
         )
 

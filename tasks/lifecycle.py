@@ -25,6 +25,9 @@ Where each event comes from, and why there:
 - ``retrying`` (reason ``worker lost``) or ``lost``: ``task_received``, for a
   message the broker redelivered after the worker running it died
   (:mod:`taskcast.tasks.redelivery`).
+- the parent (group, chord or chain root, see :mod:`taskcast.tasks.canvas`):
+  named by the publisher with ``queued`` (with a group's size on its last
+  member), and by the worker for a member's later events.
 - ``running``: ``task_prerun``, with the worker's hostname.
 - ``result`` + ``completed``: ``task_success``, with the duration since
   ``running`` (measured in the process that ran the task).
@@ -42,13 +45,16 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
-from taskcast.events import status_data
+from taskcast.events import Parent, status_data
+from taskcast.members import parent_in
+from taskcast.tasks import canvas
 from taskcast.tasks.cancel import OperationCancelled
 from taskcast.tasks.emitter import Emitter
 from taskcast.tasks.redelivery import judge
@@ -159,11 +165,20 @@ def publish_metadata(headers: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+def parent_at_publish(headers: Mapping[str, Any], body: Any) -> Parent | None:
+    """The parent a published message names (only group members look for Celery's loop)."""
+    embedded = body[2] if isinstance(body, tuple | list) and len(body) == 3 else {}
+    member = headers.get("group") and headers.get("group_index") is not None
+    position = canvas.group_position() if member else None
+    return canvas.parent_at_publish(headers, embedded or {}, position)
+
+
 def record_queued(
     sender: str | None = None,
     headers: dict[str, Any] | None = None,
     routing_key: str | None = None,
     properties: dict[str, Any] | None = None,
+    body: Any = None,
     **_: Any,
 ) -> None:
     headers = headers or {}
@@ -179,7 +194,14 @@ def record_queued(
         emitter.emit("status", task_id, data)
         return
     data = status_data("queued", "Waiting for a worker", {"queue": routing_key})
-    emitter.emit("status", task_id, data, operation_type=sender, metadata=publish_metadata(headers))
+    emitter.emit(
+        "status",
+        task_id,
+        data,
+        operation_type=sender,
+        metadata=publish_metadata(headers),
+        parent=parent_at_publish(headers, body),
+    )
 
 
 def record_redelivered(request: Any = None, **_: Any) -> None:
@@ -188,24 +210,27 @@ def record_redelivered(request: Any = None, **_: Any) -> None:
 
     A task past the limit is added to the worker's revoked set (``celery.worker.state``,
     what the ``revoke`` control command fills), so Celery discards it before it runs.
-    Without the store nothing can be judged, and the task just runs again.
+    Without the store nothing can be judged, and the task just runs again. A group
+    member is remembered here too: a worker-lost failure is reported by this process.
     """
-    if request is None or not (request.delivery_info or {}).get("redelivered"):
+    if request is None or not records_lifecycle(request.task):
         return
-    if not records_lifecycle(request.task):
+    canvas.joined(request.id, request.group)
+    if not (request.delivery_info or {}).get("redelivered"):
         return
     import redis  # here, not at import: importing redis loads its asyncio client too
 
     producer = get_producer()
     store = producer.store
     try:
-        verdict = judge(request.id, store.snapshot(request.id), get_settings().max_redeliveries)
-        if verdict is None:
+        snapshot = store.snapshot(request.id)
+        verdict = judge(request.id, snapshot, get_settings().max_redeliveries)
+        if verdict is None or snapshot is None:
             return
         store.client.hset(store.keys.snapshot(request.id), "redeliveries", verdict.redeliveries)
     except (redis.RedisError, OSError):
         return
-    producer.emit(verdict.event)
+    producer.emit(replace(verdict.event, parent=parent_in(snapshot)))
     if verdict.stop:
         from celery.worker import state  # only workers receive tasks
 
@@ -216,6 +241,7 @@ def record_running(task_id: str | None = None, task: Any = None, **_: Any) -> No
     if not (task_id and records_lifecycle(task)):
         return
     _started[task_id] = time.monotonic()
+    canvas.joined(task_id, task.request.group)
     emitter.emit_running(task_id, task.name, worker=task.request.hostname)
 
 
@@ -227,6 +253,7 @@ def record_completed(sender: Any = None, result: Any = None, **_: Any) -> None:
     duration = None if started is None else round(time.monotonic() - started, 6)
     emitter.emit_result(task_id, result)
     emitter.emit_completed(task_id, duration)
+    canvas.left(task_id)
 
 
 def record_failed(
@@ -253,6 +280,7 @@ def record_failed(
         status,
         trace,
     )
+    canvas.left(task_id)
 
 
 def record_revoked(
@@ -274,6 +302,7 @@ def record_revoked(
     else:
         reason = "revoked"
     emitter.emit_error(task_id, reason, "TaskRevokedError", "revoked")
+    canvas.left(task_id)
 
 
 _heartbeat: list[Heartbeat] = []

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
+import orjson
 import pytest
 from bridge_helpers import BridgeProcess, WsClient, running_bridge
 from cluster_helpers import local_cluster
@@ -15,7 +16,7 @@ from helpers import wait_for
 
 from taskcast.bridge import Bridge
 from taskcast.embedded_redis import EmbeddedCluster
-from taskcast.events import Event, log_data, status_data
+from taskcast.events import Event, Parent, log_data, status_data
 from taskcast.store import EventStore
 from taskcast.tasks.producer import Producer
 from taskcast.worker_config import Settings, load_settings
@@ -154,3 +155,32 @@ def test_a_cluster_without_partitions_is_a_one_line_error_naming_the_setting() -
     assert process.process.wait(15) == 2
     process.stop()
     assert any("TASKCAST_LIVE_PARTITIONS" in line for line in process.lines), process.lines
+
+
+def test_a_group_whose_members_sit_in_other_slots_aggregates_once_each(
+    cluster_store: EventStore,
+) -> None:
+    """The parent's update is a second call there; repeating a member's event changes nothing."""
+    group_id = "group-x"
+    candidates = (f"m{n}" for n in range(40))
+    members = [op for op in candidates if cluster_store._split(member_event(op, group_id))][:3]
+    for n, op in enumerate(members):
+        size = len(members) if n == len(members) - 1 else 0
+        parent = Parent(group_id, operation_type="celery.group", size=size)
+        cluster_store.append(Event("status", op, status_data("queued"), parent=parent))
+    for op in members:
+        event = member_event(op, group_id)
+        seq = cluster_store.append(event)
+        cluster_store._aggregate(*cluster_store._member_input(event, ("c", "", ""), seq))
+    snapshot = cluster_store.snapshot(group_id)
+    assert snapshot["status"] == "completed" and snapshot["children"] == members
+    progress = [
+        orjson.loads(raw)["data"]["progress"]
+        for _, raw in cluster_store.history(group_id)
+        if b'"progress"' in raw[:30]
+    ]
+    assert progress == pytest.approx([0, 1 / 3, 2 / 3, 1])
+
+
+def member_event(op: str, group_id: str) -> Event:
+    return Event("completed", op, {"status": "completed", "duration": 0.1}, parent=Parent(group_id))

@@ -144,3 +144,20 @@ def recorder_until(self: Any, path: str, current: int = 2, total: int = 5) -> in
 def unserializable() -> str:
     """Returns a value the event needs as a truncated repr (Celery stores the str)."""
     return "x" * 200_000
+
+
+@app.task(bind=True, base=ProgressTask, name="test.steps")
+def steps(self: ProgressTask, count: int = 4, delay: float = 0.05, fail: bool = False) -> int:
+    """A group member: ``count`` progress steps, then its count, or a ValueError."""
+    for i in range(1, count + 1):
+        time.sleep(delay)
+        self.progress(current=i, total=count, message=f"step {i}")
+    if fail:
+        raise ValueError("asked to fail")
+    return count
+
+
+@app.task(name="test.total")
+def total(counts: list[int]) -> int:
+    """A chord's body: the sum of its header's results."""
+    return sum(counts)

@@ -9,6 +9,7 @@ import { TaskcastClient, etaText, tokenClaims } from '/static/taskcast.js';
 
 const KNOWN_STATUSES = new Set(['queued', 'running', 'retrying', 'completed', 'failed', 'revoked', 'lost']);
 const FINISHED_STATUSES = new Set(['completed', 'failed', 'revoked', 'lost']);
+const GROUP_TYPES = new Set(['celery.group', 'celery.chord']);
 const STATIC_FIELDS = ['operation_type', 'started_at', 'metadata', 'worker'];
 const LIST_LIMIT = 100;
 const MAX_ROWS = 300;
@@ -48,6 +49,7 @@ let frameRequested = false;
 
 const serverNow = () => Date.now() / 1000 + clockOffset;
 const isFinished = (model) => FINISHED_STATUSES.has(model.status);
+const isGroup = (model) => GROUP_TYPES.has(model.operation_type);
 const statusKind = (status) => (KNOWN_STATUSES.has(status) ? status : status ? 'custom' : 'waiting');
 
 function formatDuration(seconds) {
@@ -96,6 +98,11 @@ function entryFor(operationId, firstSeen) {
       navigate(operationId);
     });
     row.querySelector('.op-cancel').addEventListener('click', () => cancelOperation(operationId));
+    row.querySelector('.op-expand').addEventListener('click', () => toggleMembers(row));
+    row.querySelector('.op-parent').addEventListener('click', (click) => {
+      click.preventDefault();
+      navigate(operations.get(operationId).model.parent_id);
+    });
     entry = { model: { operation_id: operationId, last_seq: 0 }, row, firstSeen };
     operations.set(operationId, entry);
     place(entry);
@@ -115,10 +122,36 @@ function trimRows() {
     if (operations.size <= MAX_ROWS) return;
     const { model } = operations.get(row.dataset.operationId);
     if (isFinished(model) && model.operation_id !== detail?.id) {
+      for (const member of row.querySelectorAll('.op')) operations.delete(member.dataset.operationId);
       operations.delete(model.operation_id);
       row.remove();
     }
   }
+}
+
+/**
+ * A member of a group or chord is shown inside its parent's row (in the order of the parent's
+ * `children`), not as a row of its own; whichever of the two the page learns of first.
+ */
+function nest(entry) {
+  const parent = operations.get(entry.model.parent_id);
+  if (parent && isGroup(parent.model)) arrangeMembers(parent);
+  if (isGroup(entry.model)) arrangeMembers(entry);
+}
+
+function arrangeMembers({ model, row }) {
+  const members = row.querySelector('.op-members');
+  for (const id of model.children ?? []) {
+    const member = operations.get(id);
+    if (member) members.append(member.row);
+  }
+}
+
+function toggleMembers(row) {
+  const button = row.querySelector('.op-expand');
+  const open = button.getAttribute('aria-expanded') !== 'true';
+  button.setAttribute('aria-expanded', String(open));
+  row.querySelector('.op-members').hidden = !open;
 }
 
 function applySnapshot(snapshot) {
@@ -127,6 +160,7 @@ function applySnapshot(snapshot) {
   for (const field of fresh ? Object.keys(snapshot) : STATIC_FIELDS) {
     if (snapshot[field] !== undefined) model[field] = snapshot[field];
   }
+  nest(operations.get(snapshot.operation_id));
   invalidate(snapshot.operation_id);
 }
 
@@ -153,6 +187,9 @@ function applyEvent(event) {
       if (typeof data.progress === 'number') model.progress = data.progress;
       if (data.message) model.message = data.message;
       model.eta = data.eta ?? null;
+      if (isGroup(model) && data.details?.total > (model.children?.length ?? 0)) {
+        client.getOperation(event.operation_id).then(applySnapshot, reportError);
+      }
       break;
     case 'result':
       model.result = data.result;
@@ -219,6 +256,7 @@ function renderRow({ model, row }) {
   row.querySelector('.op-eta').textContent = timeLeft(model);
   row.querySelector('.op-elapsed').textContent = formatDuration(elapsed(model));
   renderCancel(row.querySelector('.op-cancel'), model);
+  renderLinks(row, model);
   row.hidden = !matchesFilter(model);
   if (model.operation_id === detail?.id) row.setAttribute('aria-current', 'true');
   else row.removeAttribute('aria-current');
@@ -226,6 +264,20 @@ function renderRow({ model, row }) {
 
 /** "~2 min left" from the latest progress event's estimate, while the operation runs. */
 const timeLeft = (model) => (isFinished(model) ? '' : etaText(model.eta));
+/** A group's member count and toggle; a chain link's link to the chain's first task. */
+function renderLinks(row, model) {
+  const expand = row.querySelector('.op-expand');
+  expand.hidden = !isGroup(model);
+  expand.textContent = `${model.children?.length ?? 0} tasks`;
+  const parent = row.querySelector('.op-parent');
+  const nested = row.parentElement !== list;
+  parent.hidden = !model.parent_id || nested;
+  if (!parent.hidden) {
+    parent.href = linkTo(model.parent_id);
+    parent.textContent = `↳ ${model.parent_id.slice(0, 8)}`;
+    parent.title = `Started by ${model.parent_id}`;
+  }
+}
 
 /** The latest message; for a failure, what went wrong. */
 function summary(model) {

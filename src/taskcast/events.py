@@ -32,6 +32,25 @@ def dumps(value: Any) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Parent:
+    """The operation an event's operation belongs to (its snapshot's ``parent_id``).
+
+    A member of a Celery group or chord (``aggregates``) also moves its parent:
+    the store updates the parent's aggregate with the same append (see
+    :mod:`taskcast.members`). A chain link only names its chain's first task.
+    """
+
+    operation_id: str
+    aggregates: bool = True
+    # Set by the publisher of a member: the type the parent gets when it is created.
+    operation_type: str = ""
+    # Set by the publisher of a group's last member: how many members it has.
+    size: int = 0
+    # A chord's body, the chord's last member from the moment its size is known.
+    body_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One event before it is stored; ``seq`` does not exist until then."""
 
@@ -50,6 +69,7 @@ class Event:
     # The OpenTelemetry span the event was produced in (taskcast.tracing), as hex.
     trace_id: str | None = None
     span_id: str | None = None
+    parent: Parent | None = None
 
     @property
     def kind(self) -> bytes:
@@ -92,6 +112,8 @@ class Event:
             if_absent["operation_type"] = dumps(self.operation_type)
         if self.trace_id:  # the operation's latest trace: one more field, only when traced
             overwrite["trace_id"] = dumps(self.trace_id)
+        if self.parent is not None:
+            overwrite["parent_id"] = dumps(self.parent.operation_id)
         message = data.get("message")
         if message and self.event_type in ("status", "progress"):
             overwrite["message"] = dumps(message)

@@ -12,6 +12,7 @@ Layout under the prefix (default ``taskcast:``)::
     workers          zset    worker hostnames scored by their last heartbeat
     workers:started  hash    worker hostname -> when its running instance started
     op:{ID}:once:N   string  marker of an ingested Celery event, stored once (10 min)
+    op:{ID}:members  hash    a group's or chord's aggregate (see taskcast.members)
 
 The braces are a Redis Cluster hash tag: both keys of one operation share a slot.
 With partitions (see :class:`Keys`) the shared keys are split and the tag is
@@ -53,6 +54,7 @@ SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "error": None,
     "error_type": None,
     "trace_id": None,  # *1.1*: the latest OpenTelemetry trace an event of it was produced in
+    "parent_id": None,
 }
 
 
@@ -95,6 +97,10 @@ class Keys:
     def once(self, operation_id: str, name: str) -> str:
         """Marker that the event ``name`` of an operation was stored (expires after minutes)."""
         return f"{self.prefix}{self._tag(operation_id)}:once:{name}"
+
+    def members(self, operation_id: str) -> str:
+        """A group's or chord's aggregate of its members (see :mod:`taskcast.members`)."""
+        return f"{self.prefix}{self._tag(operation_id)}:members"
 
     def live(self, operation_id: str) -> str:
         """The live stream (partition) an operation's events go to."""

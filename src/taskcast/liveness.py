@@ -19,6 +19,7 @@ from typing import cast
 import orjson
 
 from taskcast.events import Event, error_data
+from taskcast.members import parent_in
 from taskcast.store import EventStore
 
 # Waiting for a worker, not held by one: a dead previous worker says nothing about them.
@@ -70,7 +71,10 @@ def sweep_lost(
         if message is None:
             continue
         event = Event(
-            "error", snapshot["operation_id"], error_data(message, "WorkerLostError", "lost")
+            "error",
+            snapshot["operation_id"],
+            error_data(message, "WorkerLostError", "lost"),
+            parent=parent_in(snapshot),
         )
         if store.append(event):
             ended.append(snapshot["operation_id"])

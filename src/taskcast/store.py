@@ -23,6 +23,13 @@ from taskcast.keys import (
     merge_newest,
     score,
 )
+from taskcast.members import (
+    AGGREGATE_LUA,
+    MEMBER_ARGS,
+    MEMBER_KEYS,
+    member_args,
+    member_change,
+)
 from taskcast.redis_clients import store_client
 
 if TYPE_CHECKING:
@@ -141,6 +148,28 @@ end
 return {seq, epoch}
 """
 
+# The append as a Lua function (its body shadows KEYS and ARGV), for the scripts that
+# append more than one operation's event.
+_APPEND_FUNCTION = f"local function append(KEYS, ARGV)\n{APPEND_SCRIPT}end\n{AGGREGATE_LUA}"
+
+# A group member's event and its parent's update in one atomic call, when both
+# operations' keys are on one server (always, except in a Cluster): KEYS are the
+# member part's (taskcast.members) then the append's; ARGV likewise.
+MEMBER_APPEND_SCRIPT = f"""{_APPEND_FUNCTION}
+local K = {{unpack(KEYS, {MEMBER_KEYS + 1})}}
+local M = {{unpack(ARGV, 1, {MEMBER_ARGS})}}
+local result = append(K, {{unpack(ARGV, {MEMBER_ARGS + 1})}})
+if result[1] > 0 then
+  M[3] = result[1]
+  aggregate(KEYS, M)
+end
+return result
+"""
+
+# The parent's update alone, after the member's append (Redis Cluster, where the
+# parent's keys may sit in another slot): the member seq makes it idempotent.
+AGGREGATE_SCRIPT = f"{_APPEND_FUNCTION}aggregate(KEYS, ARGV)\n"
+
 class EventStore:
     """Synchronous access to the store, for workers, the emitter and tools.
 
@@ -162,6 +191,11 @@ class EventStore:
         self.history_ttl = history_ttl
         self.live_maxlen = live_maxlen
         self._append = client.register_script(APPEND_SCRIPT)
+        self._member_append = client.register_script(MEMBER_APPEND_SCRIPT)
+        self._aggregate = client.register_script(AGGREGATE_SCRIPT)
+        # A Cluster client routes a script by its keys' slot: a member's keys and its
+        # parent's are in one slot only when they share a partition.
+        self._cluster = not isinstance(client, redis.Redis)
         # The (epoch, seq) this store object last got per unfinished operation: what
         # lets the script notice a store that went back in time (see APPEND_SCRIPT).
         self._written: dict[str, tuple[bytes, int]] = {}
@@ -197,12 +231,51 @@ class EventStore:
         append stores it, later ones within ten minutes return -1.
         """
         keys, args = self._script_input(event, once)
-        seq, epoch = self._append(keys=keys, args=args)
+        change = member_change(event)
+        if change is not None and self._split(event):
+            seq, epoch = self._append(keys=keys, args=args)
+            if int(seq) > 0:
+                self._aggregate(*self._member_input(event, change, int(seq)))
+        elif change is not None:
+            member_keys, member_argv = self._member_input(event, change, 0)
+            seq, epoch = self._member_append(keys=member_keys + keys, args=member_argv + args)
+        else:
+            seq, epoch = self._append(keys=keys, args=args)
         self._remember(event, int(seq), epoch)
         return int(seq)
 
+    def _split(self, event: Event) -> bool:
+        """Whether the parent's update needs a call of its own (another Cluster slot)."""
+        parent = event.parent
+        return (
+            self._cluster
+            and parent is not None
+            and self.keys.partition(parent.operation_id) != self.keys.partition(event.operation_id)
+        )
+
+    def _member_input(
+        self, event: Event, change: tuple[str, str, str], seq: int
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the member part of an append (see :mod:`taskcast.members`)."""
+        assert event.parent is not None
+        parent = event.parent.operation_id
+        keys = [
+            self.keys.snapshot(parent),
+            self.keys.history(parent),
+            self.keys.live(parent),
+            self.keys.index(parent),
+            self.keys.active(parent),
+            self.keys.members(parent),
+        ]
+        bounds = (self.history_maxlen, self.history_ttl, self.live_maxlen)
+        return keys, member_args(event, change, seq, bounds, os.urandom(3).hex())
+
     def append_many(self, events: list[Event]) -> list[int]:
-        """Store ``events`` in order in one round trip (a pipeline); their seqs."""
+        """Store ``events`` in order in one round trip (a pipeline); their seqs.
+
+        Group members take :meth:`append` one by one (their parents move too)."""
+        if any(member_change(event) is not None for event in events):
+            return [self.append(event) for event in events]
         pipe = self.client.pipeline(transaction=False)
         for event in events:
             keys, args = self._script_input(event, None)

@@ -23,7 +23,14 @@ from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -199,26 +206,30 @@ async def follow(
     )
     ending: dict[str, Any] | None = None
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("", total=1.0, status="waiting", eta="")
-        async for event in client.watch(operation_id):
-            row = apply_event({}, event)
-            data = event["data"]
-            if event["event_type"] == "log":
+        watched = _Watched(client, bar)
+        watched.add(operation_id, "")
+        snapshot = await client.get_operation(operation_id)
+        for child in snapshot.get("children") or []:
+            watched.add(child, f"  {child[:8]} ")
+        while ending is None:
+            event = await watched.events.get()
+            if event is None:
+                break  # the watch ended without a terminal event: see the snapshot below
+            if event["operation_id"] == operation_id and event["event_type"] == "log":
+                data = event["data"]
                 level = data.get("level", "info")
                 line = Text(f"{level:>7} ", style=LOG_STYLES.get(level, ""))
                 bar.console.print(line.append(data["message"], style="default"))
-            update: dict[str, Any] = {}
-            if "status" in row:
-                update["status"] = row["status"]
-            if "progress" in row:
-                update["completed"] = row["progress"]
-            if "eta" in row:
-                update["eta"] = eta_text(row["eta"])
-            if row.get("message"):
-                update["description"] = row["message"]
-            bar.update(task, **update)
+            watched.show(event)
+            if event["operation_id"] != operation_id:
+                continue
             if event["event_type"] in ("completed", "error"):
                 ending = event
+            total = (event["data"].get("details") or {}).get("total")
+            if isinstance(total, int) and total > len(watched.bars) - 1:
+                for child in (await client.get_operation(operation_id)).get("children") or []:
+                    watched.add(child, f"  {child[:8]} ")
+        watched.drain()
     if ending is None:
         snapshot = client.snapshot(operation_id) or await client.get_operation(operation_id)
         ok = snapshot.get("status") == "completed"
@@ -231,6 +242,56 @@ async def follow(
     failure = escape(f"{data.get('error_type')}: {data['error']}")
     console.print(f"[red]{data.get('status', 'failed')}[/]: {failure}")
     return 1
+
+
+class _Watched:
+    """The bars of ``watch``: the operation's, then one line per member of a group or chord,
+    each followed by a watch of its own whose events meet in one queue."""
+
+    def __init__(self, client: TaskcastClient, bar: Progress) -> None:
+        self.client = client
+        self.bar = bar
+        self.bars: dict[str, TaskID] = {}
+        self.prefixes: dict[str, str] = {}
+        # None once the followed operation's watch ended (its members' are not told).
+        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._watches: list[asyncio.Task[None]] = []
+
+    def add(self, operation_id: str, prefix: str) -> None:
+        if operation_id in self.bars:
+            return
+        self.bars[operation_id] = self.bar.add_task(prefix, total=1.0, status="waiting", eta="")
+        self.prefixes[operation_id] = prefix
+        self._watches.append(asyncio.create_task(self._forward(operation_id)))
+
+    async def _forward(self, operation_id: str) -> None:
+        async for event in self.client.watch(operation_id):
+            await self.events.put(event)
+        if not self.prefixes[operation_id]:
+            await self.events.put(None)
+
+    def show(self, event: dict[str, Any]) -> None:
+        """Fold ``event`` into its operation's bar."""
+        row = apply_event({}, event)
+        update: dict[str, Any] = {}
+        if "status" in row:
+            update["status"] = row["status"]
+        if "progress" in row:
+            update["completed"] = row["progress"]
+        if "eta" in row:
+            update["eta"] = eta_text(row["eta"])
+        if row.get("message"):
+            update["description"] = self.prefixes[event["operation_id"]] + row["message"]
+        self.bar.update(self.bars[event["operation_id"]], **update)
+
+    def drain(self) -> None:
+        """Show the members' events already received, and stop following them."""
+        while not self.events.empty():
+            event = self.events.get_nowait()
+            if event is not None:
+                self.show(event)
+        for watch in self._watches:
+            watch.cancel()
 
 
 wait_option = click.option(

@@ -1,0 +1,125 @@
+"""Groups and chords from a real ``celery worker``, read through a real bridge subscriber
+(and ``taskcast watch``'s view of one).
+
+The publisher is this process (the tests' instrumented app), the members run
+in a worker subprocess, and a chord's body is published by that worker.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bridge_helpers import WsClient
+from celery import Celery, chord, group
+from celery.canvas import Signature
+from helpers import events_of, gap_free
+from rich.console import Console
+
+from taskcast.bridge import Bridge
+from taskcast.client import TaskcastClient
+from taskcast.store import EventStore
+from taskcast.terminal import follow as follow_in_terminal
+
+OpenClient = Callable[..., Awaitable[WsClient]]
+
+
+def steps(app: Celery, queue: str, **kwargs: Any) -> Signature:
+    return app.signature("test.steps", kwargs=kwargs, queue=queue)
+
+
+async def follow(ws_client: OpenClient, operation_id: str) -> list[dict[str, Any]]:
+    """The operation's events as a subscriber gets them, up to the terminal one."""
+    client = await ws_client()
+    await client.request("subscribe", operation_id=operation_id)
+    await client.wait_for(
+        lambda f: (
+            f.get("operation_id") == operation_id and f.get("event_type") in ("completed", "error")
+        ),
+        timeout=60,
+    )
+    return client.events(operation_id)
+
+
+def progress_of(events: list[dict[str, Any]]) -> list[float]:
+    return [e["data"]["progress"] for e in events if e["event_type"] == "progress"]
+
+
+def assert_members(store: EventStore, parent: str, members: list[str]) -> None:
+    assert store.snapshot(parent)["children"] == members
+    for member in members:
+        assert store.snapshot(member)["parent_id"] == parent
+
+
+async def test_a_group_of_five_rises_to_completed(
+    worker_process, task_app: Celery, store: EventStore, ws_client: OpenClient
+) -> None:
+    worker = worker_process(concurrency=3)
+    result = group(steps(task_app, worker.queue, count=4) for _ in range(5)).apply_async()
+    events = await follow(ws_client, result.id)
+
+    assert events == events_of(store, result.id) and gap_free(events)
+    values = progress_of(events)
+    assert values == sorted(values) and values[-1] == 1.0 and len(set(values)) > 5
+    assert events[0]["data"]["status"] == "queued"
+    assert [e["data"]["status"] for e in events if e["event_type"] == "status"][1] == "running"
+    assert events[-1]["event_type"] == "completed"
+    assert events[-2]["data"]["details"] == {"completed": 5, "failed": 0, "total": 5}
+    snapshot = store.snapshot(result.id)
+    assert snapshot["operation_type"] == "celery.group" and snapshot["status"] == "completed"
+    assert_members(store, result.id, [child.id for child in result.results])
+
+
+async def test_a_group_with_a_failing_member_fails(
+    worker_process, task_app: Celery, store: EventStore, ws_client: OpenClient
+) -> None:
+    worker = worker_process(concurrency=2)
+    members = [steps(task_app, worker.queue, count=2, fail=(n == 2)) for n in range(5)]
+    result = group(members).apply_async()
+    events = await follow(ws_client, result.id)
+
+    last = events[-1]
+    assert last["event_type"] == "error" and last["data"]["status"] == "failed"
+    assert last["data"]["error_type"] == "ValueError"
+    assert result.results[2].id in last["data"]["error"]
+    assert store.snapshot(result.id)["status"] == "failed"
+    values = progress_of(events)
+    assert values == sorted(values) and values[-1] < 1.0
+    assert_members(store, result.id, [child.id for child in result.results])
+
+
+async def test_a_chord_counts_its_body_as_its_last_member(
+    worker_process, task_app: Celery, store: EventStore, ws_client: OpenClient
+) -> None:
+    worker = worker_process(concurrency=3)
+    header = [steps(task_app, worker.queue, count=3) for _ in range(3)]
+    body = task_app.signature("test.total", queue=worker.queue)
+    result = chord(header, body).apply_async()
+    chord_id = result.parent.id
+    events = await follow(ws_client, chord_id)
+
+    assert result.get(timeout=30) == 9
+    assert events[-1]["event_type"] == "completed" and gap_free(events)
+    values = progress_of(events)
+    assert values == sorted(values) and values[-1] == 1.0
+    assert events[-2]["data"]["details"] == {"completed": 4, "failed": 0, "total": 4}
+    snapshot = store.snapshot(chord_id)
+    assert snapshot["operation_type"] == "celery.chord"
+    assert_members(store, chord_id, [child.id for child in result.parent.results] + [result.id])
+    assert store.snapshot(result.id)["status"] == "completed"
+
+
+async def test_watch_shows_the_combined_bar_and_a_line_per_member(
+    worker_process, task_app: Celery, store: EventStore, bridge: Bridge
+) -> None:
+    worker = worker_process(concurrency=2)
+    result = group(steps(task_app, worker.queue, count=3) for _ in range(3)).apply_async()
+    output = io.StringIO()
+    console = Console(file=output, width=160, force_terminal=False)
+    async with TaskcastClient(bridge.url) as client:
+        assert await follow_in_terminal(client, result.id, console) == 0
+    text = output.getvalue()
+    assert "completed" in text and "3 of 3 done" in text
+    for child in result.results:
+        assert f"{child.id[:8]} step 3" in text
