@@ -58,7 +58,10 @@ def group_position() -> tuple[int, bool] | None:
     while frame is not None:
         if frame.f_code is loop:
             names = frame.f_locals
-            return int(names["task_index"]), names["next_task"] is None
+            index = names.get("task_index")
+            if not isinstance(index, int) or "next_task" not in names:
+                return None  # a Celery whose loop keeps other names: no size, never a crash
+            return index, names["next_task"] is None
         frame = frame.f_back
     return None
 
