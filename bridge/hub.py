@@ -44,10 +44,13 @@ class Frame:
     ``wire`` caches the frame as it goes on the wire (header and payload), which
     the adapter builds once for all the recipients that need no per-connection
     encoding: server frames are not masked. ``sse`` caches it likewise as a
-    Server-Sent Events message, with whether the event is terminal.
+    Server-Sent Events message, with whether the event is terminal. ``lag`` is
+    the delivery lag the adapter measured when it first sent the frame, with its
+    histogram slot: a fan-out sends it to every subscriber within the same loop
+    turn, so one measurement stands for all of them.
     """
 
-    __slots__ = ("payload", "kind", "stored_at", "wire", "sse")
+    __slots__ = ("payload", "kind", "stored_at", "wire", "sse", "lag")
 
     def __init__(self, payload: bytes, kind: int = REPLY, stored_at: float = 0.0) -> None:
         self.payload = payload
@@ -55,6 +58,7 @@ class Frame:
         self.stored_at = stored_at
         self.wire: bytes | None = None
         self.sse: tuple[bytes, bool] | None = None
+        self.lag: tuple[int, float] | None = None
 
 
 class Subscription:

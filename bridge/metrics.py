@@ -63,8 +63,16 @@ class LagHistogram:
         self.total = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(LAG_BUCKETS, seconds)] += 1
-        self.total += seconds
+        self.add((bisect_left(LAG_BUCKETS, seconds), seconds))
+
+    def measure(self, stored_at: float, now: float) -> tuple[int, float]:
+        """A lag and its slot, for :meth:`add` (once per frame, however many get it)."""
+        seconds = max(0.0, now - stored_at)
+        return bisect_left(LAG_BUCKETS, seconds), seconds
+
+    def add(self, lag: tuple[int, float]) -> None:
+        self.counts[lag[0]] += 1
+        self.total += lag[1]
 
     def metric(self) -> HistogramMetricFamily:
         buckets, cumulative = [], 0

@@ -446,7 +446,9 @@ class Bridge:
                 ws.protocol.send_text(frame.payload)
             room -= len(frame.payload)
             if frame.kind == LIVE:
-                lag.observe(max(0.0, now - frame.stored_at))
+                if frame.lag is None:
+                    frame.lag = lag.measure(frame.stored_at, now)
+                lag.add(frame.lag)
         if not shared:
             chunks = ws.protocol.data_to_send()
         ws.transport.write(b"".join(chunks))
