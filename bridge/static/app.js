@@ -22,7 +22,7 @@ const MAX_OPERATIONS = 12000;
 const KEEP_OPERATIONS = 10000;
 const OVERSCAN_PX = 600; // rows kept rendered above and below the visible part of the list
 const ROW_HEIGHT_GUESS = 78; // until a row has been measured
-const CHART_SECONDS = 300;
+const CHART_SECONDS = 120;
 const CHART_HEIGHT = 40;
 const MAX_LOG_ENTRIES = 2000;
 const STATS_INTERVAL_MS = 5000;
@@ -33,6 +33,7 @@ const CLOSE_TOKEN_EXPIRED = 4401;
 
 const $ = (id) => document.getElementById(id);
 const list = $('operations');
+const spacers = [...list.querySelectorAll('.spacer')];
 const log = $('event-log');
 const monitorToggle = $('monitor');
 const timeFormat = new Intl.DateTimeFormat(undefined, {
@@ -374,8 +375,8 @@ function indexAt(offset) {
 }
 
 /**
- * Puts the rows in and near the visible part of the list in the page, and padding for the rest, so
- * the scrollbar is that of the whole list.
+ * Puts the rows in and near the visible part of the list in the page, between two spacers as tall as
+ * the rows before and after them, so the scrollbar is that of the whole list.
  */
 function renderWindow() {
   windowDirty = false;
@@ -391,10 +392,12 @@ function renderWindow() {
     entry.row ??= createRow(entry);
     renderRow(entry);
   }
-  arrange(list, shown.map((entry) => entry.row));
+  const [above, below] = spacers;
+  arrange(list, [above, ...shown.map((entry) => entry.row), below]);
   const last = shown.at(-1);
-  list.style.paddingTop = `${shown[0]?.top ?? 0}px`;
-  list.style.paddingBottom = `${last ? layout.total - last.top - heightOf(last) : 0}px`;
+  above.style.height = `${shown[0]?.top ?? 0}px`;
+  below.style.height = `${last ? layout.total - last.top - heightOf(last) : 0}px`;
+  list.hidden = !shown.length;
   if (pendingScroll !== null) list.scrollTop = pendingScroll;
   pendingScroll = null;
   measure(shown);
@@ -1004,6 +1007,7 @@ for (const button of document.querySelectorAll('[data-filter]')) {
   button.addEventListener('click', () => {
     filter = button.dataset.filter;
     document.querySelectorAll('[data-filter]').forEach((b) => b.setAttribute('aria-pressed', String(b === button)));
+    list.scrollTop = 0; // another list: from its top
     relayout();
   });
 }
