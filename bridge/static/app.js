@@ -321,7 +321,8 @@ function renderFrame() {
 /** A change inside an open group can change the group row's height: measured again with the window. */
 function noteChange(entry) {
   noteFinished(entry);
-  if (entry.row && (entry.nested || entry.expanded)) windowDirty = true;
+  const group = entry.nested ? operations.get(entry.model.parent_id) : entry;
+  if (entry.row && group?.expanded) windowDirty = true;
 }
 
 /**
