@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "subscribe_all": ("operation_type",),
     "unsubscribe_all": (),
     "get_operation": ("operation_id",),
-    "list_operations": ("status", "limit"),
+    "list_operations": ("status", "limit", "offset"),
     "get_stats": (),
     "ping": (),
     "auth": ("token",),
@@ -66,6 +66,7 @@ class Command:
     operation_type: str | None = None
     status: str | None = None
     limit: int = DEFAULT_LIST_LIMIT
+    offset: int = 0
     token: str | None = None
     terminate: bool = False
 
@@ -123,6 +124,11 @@ def list_limit(value: Any) -> int:
     return min(_integer(value, "limit", 1, DEFAULT_LIST_LIMIT), MAX_LIST_LIMIT)
 
 
+def list_offset(value: Any) -> int:
+    """``list_operations``' offset: how many of the listing's newest to skip (default 0)."""
+    return _integer(value, "offset", 0, 0)
+
+
 def list_status(value: Any) -> str | None:
     """``list_operations``' status filter: ``active``, ``finished`` or a status name."""
     return _text(value, "status", MAX_STATUS_LENGTH, required=False)
@@ -164,6 +170,8 @@ def parse_command(raw: str | bytes) -> Command:
             values["status"] = list_status(message.get("status"))
         if "limit" in fields:
             values["limit"] = list_limit(message.get("limit"))
+        if "offset" in fields:
+            values["offset"] = list_offset(message.get("offset"))
         if "token" in fields:
             values["token"] = _text(message.get("token"), "token", MAX_TOKEN_LENGTH, required=True)
         if "terminate" in fields:

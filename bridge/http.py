@@ -28,6 +28,7 @@ from taskcast.bridge.commands import (
     encode,
     error_body,
     list_limit,
+    list_offset,
     list_status,
     not_found_message,
 )
@@ -261,9 +262,10 @@ class HttpRoutes:
         try:
             status = list_status(query["status"][-1]) if "status" in query else None
             limit = list_limit(_integer(query["limit"][-1]) if "limit" in query else None)
+            offset = list_offset(_integer(query["offset"][-1]) if "offset" in query else None)
         except ValueError as exc:
             return error_response(400, BAD_REQUEST, str(exc))
-        operations = await self.bridge.reader.operations(status, limit)
+        operations = await self.bridge.reader.operations(status, limit, offset)
         return json_response(200, {"operations": operations})
 
     async def _operation(self, operation_id: str) -> Response:

@@ -111,10 +111,12 @@ class StoreReader:
             raws = await pipe.execute()
         return [s for s in map(decode_snapshot, raws) if s is not None]
 
-    async def operations(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+    async def operations(
+        self, status: str | None, limit: int, offset: int = 0
+    ) -> list[dict[str, Any]]:
         """Snapshots, most recently updated first, filtered like ``EventStore.list_operations``."""
         found: list[dict[str, Any]] = []
-        start, page = 0, max(limit, 100)
+        start, page = offset, max(limit, 100)
         while len(found) < limit:
             snapshots = await self._snapshots(status, start, start + page - 1)
             if snapshots is None:

@@ -599,7 +599,9 @@ class Bridge:
         self.hub.send(peer, encode({"operation": snapshot}, command.request_id))
 
     async def _list_operations(self, peer: Peer, command: Command) -> None:
-        operations = await self.reader.operations(command.status, command.limit)
+        operations = await self.reader.operations(
+            command.status, command.limit, command.offset
+        )
         self.hub.send(peer, encode({"operations": operations}, command.request_id))
 
     async def _get_stats(self, peer: Peer, command: Command) -> None:

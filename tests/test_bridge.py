@@ -227,6 +227,8 @@ async def test_list_operations_filters_and_limits(ws_client: OpenClient, store: 
     assert [s["operation_id"] for s in named] == ["finished1"]
     limited = (await client.request("list_operations", limit=1))["operations"]
     assert [s["operation_id"] for s in limited] == ["active2"]
+    next_page = (await client.request("list_operations", limit=2, offset=1))["operations"]
+    assert [s["operation_id"] for s in next_page] == ["active1", "finished1"]
 
 
 async def test_get_stats_counts_clients_subscriptions_and_deliveries(

@@ -58,6 +58,8 @@ async def test_api_returns_the_websocket_reply_objects(bridge: Bridge, store: Ev
     assert [s["operation_id"] for s in orjson.loads(body)["operations"]] == ["op-2", "op-1"]
     _, _, body = await get(bridge, "/api/operations?limit=1&status=active")
     assert [s["operation_id"] for s in orjson.loads(body)["operations"]] == ["op-2"]
+    _, _, body = await get(bridge, "/api/operations?limit=1&offset=1")
+    assert [s["operation_id"] for s in orjson.loads(body)["operations"]] == ["op-1"]
     _, _, body = await get(bridge, "/api/operations?status=finished")
     assert orjson.loads(body) == {"operations": []}
 

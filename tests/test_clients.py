@@ -166,6 +166,8 @@ def test_sync_client_for_scripts(
         assert client.get_operation(failed.id)["status"] == "failed"
         finished = {op["operation_id"] for op in client.list_operations("finished")}
         assert {done.id, failed.id} <= finished
+        _, second = client.list_operations(limit=2)
+        assert client.list_operations(limit=1, offset=1) == [second]
         assert client.get_stats()["connected_clients"] >= 1
 
 

@@ -111,6 +111,7 @@ def test_list_operations_newest_first_with_status_filter(store: EventStore) -> N
     assert ids == ["op1", "op4", "op3", "op2", "op0"]
     assert [s["operation_id"] for s in store.list_operations("finished")] == ["op1"]
     assert [s["operation_id"] for s in store.list_operations("active", limit=2)] == ["op4", "op3"]
+    assert [s["operation_id"] for s in store.list_operations(limit=2, offset=1)] == ids[1:3]
 
 
 def test_history_after_since(store: EventStore) -> None:

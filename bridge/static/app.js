@@ -1,5 +1,7 @@
-// The taskcast dashboard: a live list of operations, one operation's event log, server stats.
-// Model updates happen as events arrive; the DOM is redrawn at most once per animation frame.
+// The taskcast dashboard: a live list of operations, one operation's event log, server stats and
+// a chart of the last minutes' activity. Model updates happen as events arrive; the DOM is redrawn
+// at most once per animation frame, and the list is virtualised: only the rows in and near the
+// visible part of it exist, so ten thousand operations cost the page no more DOM than twenty.
 //
 // On a bridge that requires tokens it uses one with the monitor scope (and cancel, for the Cancel
 // buttons): from the address's fragment (`/#token=...`, removed from the address bar once read) or
@@ -11,8 +13,17 @@ const KNOWN_STATUSES = new Set(['queued', 'running', 'retrying', 'completed', 'f
 const FINISHED_STATUSES = new Set(['completed', 'failed', 'revoked', 'lost']);
 const GROUP_TYPES = new Set(['celery.group', 'celery.chord']);
 const STATIC_FIELDS = ['operation_type', 'started_at', 'metadata', 'worker'];
-const LIST_LIMIT = 100;
-const MAX_ROWS = 300;
+const LIST_PAGE = 1000; // the most the bridge lists per list_operations call
+const LIST_LIMIT = 10000; // how many of the most recently updated operations the page loads on connecting
+const LIST_REFRESH_LIMIT = 100; // what it polls for when monitor mode is off
+// Past MAX_OPERATIONS the oldest finished operations are forgotten, down to KEEP_OPERATIONS in one go
+// (one pass over the list now and then, not one per event).
+const MAX_OPERATIONS = 12000;
+const KEEP_OPERATIONS = 10000;
+const OVERSCAN_PX = 600; // rows kept rendered above and below the visible part of the list
+const ROW_HEIGHT_GUESS = 78; // until a row has been measured
+const CHART_SECONDS = 120;
+const CHART_HEIGHT = 40;
 const MAX_LOG_ENTRIES = 2000;
 const STATS_INTERVAL_MS = 5000;
 const QUIET_ERRORS = new Set(['not_connected', 'connection_closed', 'disconnected', 'unsubscribed']);
@@ -22,6 +33,7 @@ const CLOSE_TOKEN_EXPIRED = 4401;
 
 const $ = (id) => document.getElementById(id);
 const list = $('operations');
+const spacers = [...list.querySelectorAll('.spacer')];
 const log = $('event-log');
 const monitorToggle = $('monitor');
 const timeFormat = new Intl.DateTimeFormat(undefined, {
@@ -32,8 +44,24 @@ const dateFormat = new Intl.DateTimeFormat(undefined, {
 });
 
 const client = new TaskcastClient(undefined, { token: takeToken() });
-/** operation id -> {model, row}; model has the snapshot fields of PROTOCOL.md. */
+/**
+ * operation id -> entry: `model` (the snapshot fields of PROTOCOL.md), `firstSeen`, `row` (its element
+ * while rendered, else null), `height` (measured), `expanded` (a group's members shown), `finished`
+ * (as last counted), `nested` (shown inside its group's row), `top` and `pass` (its place in `layout`).
+ */
 const operations = new Map();
+/** Every entry, newest first by when it was first seen: rows never move once shown. */
+let order = [];
+/** The list's rows: entries that are not members of a known group and match the filter, with their offsets. */
+const layout = { items: [], total: 0, pass: 0 };
+/** The entries whose rows are in the list now (a slice of `layout.items`). */
+let rendered = [];
+let finishedCount = 0;
+let rowHeight = ROW_HEIGHT_GUESS;
+let layoutDirty = false;
+let windowDirty = false;
+/** Where the list must be scrolled to once the next window is in place (keeps the rows in view still). */
+let pendingScroll = null;
 /** The followed operation: its id and the seqs already in the log. */
 let detail = null;
 let filter = 'all';
@@ -46,6 +74,10 @@ let access = null;
 const cancelling = new Set();
 const dirty = new Set();
 let frameRequested = false;
+/** Per second over the last CHART_SECONDS, oldest first. */
+const activity = { events: [], active: [] };
+let eventsSinceSample = 0;
+let lastSampleAt = performance.now();
 
 const serverNow = () => Date.now() / 1000 + clockOffset;
 const isFinished = (model) => FINISHED_STATUSES.has(model.status);
@@ -88,70 +120,104 @@ function showToast(error) {
 function entryFor(operationId, firstSeen) {
   let entry = operations.get(operationId);
   if (!entry) {
-    const row = $('row-template').content.firstElementChild.cloneNode(true);
-    row.dataset.operationId = operationId;
-    const link = row.querySelector('.op-link');
-    link.href = linkTo(operationId);
-    link.addEventListener('click', (click) => {
-      if (click.button !== 0 || click.metaKey || click.ctrlKey || click.shiftKey) return;
-      click.preventDefault();
-      navigate(operationId);
-    });
-    row.querySelector('.op-cancel').addEventListener('click', () => cancelOperation(operationId));
-    row.querySelector('.op-expand').addEventListener('click', () => toggleMembers(row));
-    row.querySelector('.op-parent').addEventListener('click', (click) => {
-      click.preventDefault();
-      navigate(operations.get(operationId).model.parent_id);
-    });
-    entry = { model: { operation_id: operationId, last_seq: 0 }, row, firstSeen };
+    entry = {
+      model: { operation_id: operationId, last_seq: 0 },
+      firstSeen: firstSeen ?? 0,
+      row: null,
+      height: null,
+      expanded: false,
+      finished: false,
+      nested: false,
+      top: 0,
+      pass: 0,
+    };
     operations.set(operationId, entry);
-    place(entry);
-    trimRows();
+    order.splice(insertionIndex(entry.firstSeen), 0, entry);
+    relayout();
   }
   return entry;
 }
 
-/** Newest first, by when the operation was first seen: rows never move once shown. */
-function place(entry) {
-  const before = [...list.children].find((row) => operations.get(row.dataset.operationId).firstSeen < entry.firstSeen);
-  list.insertBefore(entry.row, before ?? null);
+/** Where an operation first seen at `firstSeen` goes in `order`: after every one seen at the same time or later. */
+function insertionIndex(firstSeen) {
+  let low = 0;
+  let high = order.length;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (order[middle].firstSeen >= firstSeen) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
-function trimRows() {
-  for (const row of [...list.children].reverse()) {
-    if (operations.size <= MAX_ROWS) return;
-    const { model } = operations.get(row.dataset.operationId);
-    if (isFinished(model) && model.operation_id !== detail?.id) {
-      for (const member of row.querySelectorAll('.op')) operations.delete(member.dataset.operationId);
-      operations.delete(model.operation_id);
-      row.remove();
-    }
-  }
+function createRow(entry) {
+  const operationId = entry.model.operation_id;
+  const row = $('row-template').content.firstElementChild.cloneNode(true);
+  row.dataset.operationId = operationId;
+  const link = row.querySelector('.op-link');
+  link.href = linkTo(operationId);
+  link.addEventListener('click', (click) => {
+    if (click.button !== 0 || click.metaKey || click.ctrlKey || click.shiftKey) return;
+    click.preventDefault();
+    navigate(operationId);
+  });
+  row.querySelector('.op-cancel').addEventListener('click', () => cancelOperation(operationId));
+  row.querySelector('.op-expand').addEventListener('click', () => toggleMembers(entry));
+  row.querySelector('.op-parent').addEventListener('click', (click) => {
+    click.preventDefault();
+    navigate(entry.model.parent_id);
+  });
+  return row;
+}
+
+/** Takes an entry's row (and its members' rows) out of the page; it is built again when shown. */
+function dropRow(entry) {
+  if (!entry.row) return;
+  entry.row.remove();
+  entry.row = null;
+  for (const member of membersOf(entry)) dropRow(member);
+}
+
+/** The known members of a group or chord, in the order of its `children`. */
+function membersOf(entry) {
+  return (entry.model.children ?? []).map((id) => operations.get(id)).filter(Boolean);
+}
+
+/** Keeps the finished count and, when the filter depends on it, the list's rows in step with the model. */
+function noteFinished(entry) {
+  const finished = isFinished(entry.model);
+  if (finished === entry.finished) return;
+  entry.finished = finished;
+  finishedCount += finished ? 1 : -1;
+  if (filter !== 'all') relayout();
 }
 
 /**
- * A member of a group or chord is shown inside its parent's row (in the order of the parent's
- * `children`), not as a row of its own; whichever of the two the page learns of first.
+ * A page left open in monitor mode forgets the oldest finished operations (never the followed one),
+ * with their members, once there are more than MAX_OPERATIONS.
  */
-function nest(entry) {
-  const parent = operations.get(entry.model.parent_id);
-  if (parent && isGroup(parent.model)) arrangeMembers(parent);
-  if (isGroup(entry.model)) arrangeMembers(entry);
-}
-
-function arrangeMembers({ model, row }) {
-  const members = row.querySelector('.op-members');
-  for (const id of model.children ?? []) {
-    const member = operations.get(id);
-    if (member) members.append(member.row);
+function trimOperations() {
+  if (operations.size <= MAX_OPERATIONS) return;
+  for (let index = order.length - 1; index >= 0 && operations.size > KEEP_OPERATIONS; index -= 1) {
+    const entry = order[index];
+    if (entry.finished && !entry.nested && entry.model.operation_id !== detail?.id) forget(entry);
   }
+  order = order.filter((entry) => operations.has(entry.model.operation_id));
+  relayout();
 }
 
-function toggleMembers(row) {
-  const button = row.querySelector('.op-expand');
-  const open = button.getAttribute('aria-expanded') !== 'true';
-  button.setAttribute('aria-expanded', String(open));
-  row.querySelector('.op-members').hidden = !open;
+function forget(entry) {
+  for (const member of membersOf(entry)) forget(member);
+  dropRow(entry);
+  operations.delete(entry.model.operation_id);
+  if (entry.finished) finishedCount -= 1;
+}
+
+/** Shows or hides a group's members; its row's height changes, so the list is laid out again. */
+function toggleMembers(entry) {
+  entry.expanded = !entry.expanded;
+  invalidate(entry.model.operation_id);
+  relayout();
 }
 
 function applySnapshot(snapshot) {
@@ -160,7 +226,7 @@ function applySnapshot(snapshot) {
   for (const field of fresh ? Object.keys(snapshot) : STATIC_FIELDS) {
     if (snapshot[field] !== undefined) model[field] = snapshot[field];
   }
-  nest(operations.get(snapshot.operation_id));
+  relayout(); // its children or parent may be new
   invalidate(snapshot.operation_id);
 }
 
@@ -169,6 +235,7 @@ function applyEvent(event) {
     if (typeof event.timestamp === 'number') clockOffset = event.timestamp - Date.now() / 1000;
     return;
   }
+  eventsSinceSample += 1;
   if (event.operation_id === detail?.id) addLogEntry(event);
   const known = operations.has(event.operation_id);
   const { model } = entryFor(event.operation_id, event.timestamp);
@@ -216,19 +283,147 @@ function applyEvent(event) {
 
 function invalidate(operationId) {
   dirty.add(operationId);
+  requestFrame();
+}
+
+/** Something changed which operations are rows of the list, or their order or heights. */
+function relayout() {
+  layoutDirty = true;
+  requestFrame();
+}
+
+function requestFrame() {
   if (frameRequested) return;
   frameRequested = true;
-  requestAnimationFrame(() => {
-    frameRequested = false;
-    for (const id of dirty) {
-      const entry = operations.get(id);
-      if (entry) renderRow(entry);
-    }
-    if (detail && dirty.has(detail.id)) renderDetail();
-    dirty.clear();
-    renderCounts();
-    if (detail && $('follow').checked) log.scrollTop = log.scrollHeight;
-  });
+  requestAnimationFrame(renderFrame);
+}
+
+/** One redraw for everything that changed since the last: per event only its own row, if it is shown. */
+function renderFrame() {
+  frameRequested = false;
+  for (const id of dirty) {
+    const entry = operations.get(id);
+    if (entry) noteChange(entry);
+  }
+  trimOperations();
+  if (layoutDirty) computeLayout();
+  if (windowDirty) renderWindow();
+  for (const id of dirty) {
+    const entry = operations.get(id);
+    if (entry?.row) renderRow(entry);
+  }
+  if (detail && dirty.has(detail.id)) renderDetail();
+  dirty.clear();
+  renderCounts();
+  if (detail && $('follow').checked) log.scrollTop = log.scrollHeight;
+}
+
+/** A change inside an open group can change the group row's height: measured again with the window. */
+function noteChange(entry) {
+  noteFinished(entry);
+  const group = entry.nested ? operations.get(entry.model.parent_id) : entry;
+  if (entry.row && group?.expanded) windowDirty = true;
+}
+
+/**
+ * Which operations are rows of the list and where each sits. A member of a group or chord is shown
+ * inside its parent's row (in the order of the parent's `children`), not as a row of its own,
+ * whichever of the two the page learns of first. Rows keep the first one in view where it is.
+ */
+function computeLayout() {
+  layoutDirty = false;
+  const anchor = scrollAnchor();
+  const members = new Set();
+  for (const entry of order) {
+    if (isGroup(entry.model)) entry.model.children?.forEach((id) => members.add(id));
+  }
+  layout.pass += 1;
+  layout.items = [];
+  let top = 0;
+  for (const entry of order) {
+    entry.nested = members.has(entry.model.operation_id);
+    if (entry.nested || !matchesFilter(entry.model)) continue;
+    entry.top = top;
+    entry.pass = layout.pass;
+    layout.items.push(entry);
+    top += heightOf(entry);
+  }
+  layout.total = top;
+  if (anchor?.entry.pass === layout.pass) pendingScroll = anchor.entry.top + anchor.past;
+  windowDirty = true;
+}
+
+const heightOf = (entry) => entry.height ?? rowHeight;
+
+/** The row at the top of the list's visible part and how far it is scrolled past; none at the very top. */
+function scrollAnchor() {
+  const offset = list.scrollTop;
+  if (offset <= 0 || !layout.items.length) return null;
+  const entry = layout.items[indexAt(offset)];
+  return { entry, past: offset - entry.top };
+}
+
+/** The index in `layout.items` of the row at `offset` pixels down the list. */
+function indexAt(offset) {
+  let low = 0;
+  let high = layout.items.length - 1;
+  while (low < high) {
+    const middle = (low + high + 1) >> 1;
+    if (layout.items[middle].top <= offset) low = middle;
+    else high = middle - 1;
+  }
+  return Math.max(0, low);
+}
+
+/**
+ * Puts the rows in and near the visible part of the list in the page, between two spacers as tall as
+ * the rows before and after them, so the scrollbar is that of the whole list.
+ */
+function renderWindow() {
+  windowDirty = false;
+  const scrollTop = pendingScroll ?? list.scrollTop;
+  const { items } = layout;
+  const shown = items.length
+    ? items.slice(indexAt(scrollTop - OVERSCAN_PX), indexAt(scrollTop + list.clientHeight + OVERSCAN_PX) + 1)
+    : [];
+  const keep = new Set(shown);
+  for (const entry of rendered) if (!keep.has(entry)) dropRow(entry);
+  rendered = shown;
+  for (const entry of shown) {
+    entry.row ??= createRow(entry);
+    renderRow(entry);
+  }
+  const [above, below] = spacers;
+  arrange(list, [above, ...shown.map((entry) => entry.row), below]);
+  const last = shown.at(-1);
+  above.style.height = `${shown[0]?.top ?? 0}px`;
+  below.style.height = `${last ? layout.total - last.top - heightOf(last) : 0}px`;
+  list.hidden = !shown.length;
+  if (pendingScroll !== null) list.scrollTop = pendingScroll;
+  pendingScroll = null;
+  measure(shown);
+}
+
+/** Rows are as tall as they render (an open group is taller); a change lays the list out again. */
+function measure(shown) {
+  for (const entry of shown) {
+    const height = entry.row.offsetHeight;
+    if (!height || height === entry.height) continue; // 0: the list is hidden
+    if (!isGroup(entry.model)) rowHeight = height;
+    entry.height = height;
+    relayout();
+  }
+}
+
+/** Makes `rows` the children of `container`, in order, moving only the rows out of place. */
+function arrange(container, rows) {
+  const wanted = new Set(rows);
+  for (const child of [...container.children]) if (!wanted.has(child)) child.remove();
+  let next = container.firstElementChild;
+  for (const row of rows) {
+    if (row === next) next = next.nextElementSibling;
+    else container.insertBefore(row, next);
+  }
 }
 
 function setBar(bar, progress) {
@@ -243,7 +438,8 @@ function setBadge(badge, status) {
   badge.dataset.kind = statusKind(status);
 }
 
-function renderRow({ model, row }) {
+function renderRow(entry) {
+  const { model, row } = entry;
   row.dataset.status = model.status ?? 'waiting';
   row.dataset.kind = statusKind(model.status);
   row.dataset.progress = String(model.progress ?? 0);
@@ -256,7 +452,8 @@ function renderRow({ model, row }) {
   row.querySelector('.op-eta').textContent = timeLeft(model);
   row.querySelector('.op-elapsed').textContent = formatDuration(elapsed(model));
   renderCancel(row.querySelector('.op-cancel'), model);
-  renderLinks(row, model);
+  renderLinks(row, model, entry.nested);
+  renderMembers(entry);
   row.hidden = !matchesFilter(model);
   if (model.operation_id === detail?.id) row.setAttribute('aria-current', 'true');
   else row.removeAttribute('aria-current');
@@ -265,18 +462,32 @@ function renderRow({ model, row }) {
 /** "~2 min left" from the latest progress event's estimate, while the operation runs. */
 const timeLeft = (model) => (isFinished(model) ? '' : etaText(model.eta));
 /** A group's member count and toggle; a chain link's link to the chain's first task. */
-function renderLinks(row, model) {
+function renderLinks(row, model, nested) {
   const expand = row.querySelector('.op-expand');
   expand.hidden = !isGroup(model);
   expand.textContent = `${model.children?.length ?? 0} tasks`;
   const parent = row.querySelector('.op-parent');
-  const nested = row.parentElement !== list;
   parent.hidden = !model.parent_id || nested;
   if (!parent.hidden) {
     parent.href = linkTo(model.parent_id);
     parent.textContent = `↳ ${model.parent_id.slice(0, 8)}`;
     parent.title = `Started by ${model.parent_id}`;
   }
+}
+
+/** A group's members, as rows inside its own; shown while it is expanded. */
+function renderMembers(entry) {
+  if (!isGroup(entry.model)) return;
+  const button = entry.row.querySelector('.op-expand');
+  button.setAttribute('aria-expanded', String(entry.expanded));
+  const members = entry.row.querySelector('.op-members');
+  members.hidden = !entry.expanded;
+  const rows = membersOf(entry).map((member) => {
+    member.row ??= createRow(member);
+    renderRow(member);
+    return member.row;
+  });
+  arrange(members, rows);
 }
 
 /** The latest message; for a failure, what went wrong. */
@@ -294,15 +505,13 @@ function matchesFilter(model) {
 }
 
 function renderCounts() {
-  const models = [...operations.values()].map((entry) => entry.model);
-  const finished = models.filter(isFinished).length;
-  const counts = { all: models.length, active: models.length - finished, finished };
+  const counts = { all: operations.size, active: operations.size - finishedCount, finished: finishedCount };
   for (const [name, value] of Object.entries(counts)) {
     document.querySelector(`[data-count="${name}"]`).textContent = value;
   }
   const empty = $('empty');
-  empty.hidden = models.some(matchesFilter);
-  empty.textContent = models.length ? `No ${filter} operations.` : 'No operations yet. Start a task, or follow one by id.';
+  empty.hidden = layout.items.length > 0;
+  empty.textContent = operations.size ? `No ${filter} operations.` : 'No operations yet. Start a task, or follow one by id.';
   const followed = detail && operations.get(detail.id)?.model;
   document.title = followed?.status
     ? `${percent(followed.progress)}% ${followed.operation_type ?? followed.status} · taskcast`
@@ -496,7 +705,7 @@ async function follow(operationId) {
   $('detail').hidden = false;
   showLogNotice('');
   renderDetail();
-  operations.forEach((entry) => renderRow(entry));
+  rendered.forEach(renderRow);
   try {
     const reply = await client.subscribe(operationId);
     if (detail?.id !== operationId) return;
@@ -522,7 +731,7 @@ function closeDetail() {
   $('detail').hidden = true;
   $('placeholder').hidden = false;
   document.body.classList.remove('has-detail');
-  operations.forEach((entry) => renderRow(entry));
+  rendered.forEach(renderRow);
   renderCounts();
 }
 
@@ -531,9 +740,19 @@ function closeDetail() {
 /** Listing, monitoring and statistics need the monitor scope (an open bridge grants every scope). */
 const monitorAllowed = client.allows('monitor');
 
-function refreshList() {
+/** The `limit` most recently updated operations, a page at a time (each page is applied as it comes). */
+async function loadList(limit) {
   if (!monitorAllowed) return;
-  client.listOperations({ limit: LIST_LIMIT }).then((snapshots) => snapshots.forEach(applySnapshot), reportError);
+  try {
+    for (let offset = 0; offset < limit; offset += LIST_PAGE) {
+      const size = Math.min(LIST_PAGE, limit - offset);
+      const snapshots = await client.listOperations({ limit: size, offset });
+      snapshots.forEach(applySnapshot);
+      if (snapshots.length < size) return;
+    }
+  } catch (error) {
+    reportError(error);
+  }
 }
 
 function refreshStats() {
@@ -698,6 +917,41 @@ function renderAccess() {
   $('access').dataset.expiring = String(left !== null && left < 60);
 }
 
+// ---- activity chart -----------------------------------------------------------
+
+/** Once a second (from `tick`): the events received since the last sample, per second, and the operations not finished. */
+function sampleActivity() {
+  const now = performance.now();
+  const perSecond = eventsSinceSample / Math.max(0.001, (now - lastSampleAt) / 1000);
+  eventsSinceSample = 0;
+  lastSampleAt = now;
+  addSample(activity.events, Math.round(perSecond * 10) / 10);
+  addSample(activity.active, operations.size - finishedCount);
+  drawSeries($('chart-events'), activity.events);
+  drawSeries($('chart-active'), activity.active);
+}
+
+function addSample(values, value) {
+  values.push(value);
+  if (values.length > CHART_SECONDS) values.shift();
+}
+
+/** A line over the last CHART_SECONDS (newest at the right), scaled to its own peak, and its current value. */
+function drawSeries(figure, values) {
+  const peak = Math.max(0, ...values);
+  const scale = CHART_HEIGHT / Math.max(1, peak);
+  const start = CHART_SECONDS - values.length;
+  const line = values.map((value, index) => `${index ? 'L' : 'M'}${start + index},${(CHART_HEIGHT - value * scale).toFixed(1)}`).join('');
+  const area = values.length ? `${line}L${CHART_SECONDS - 1},${CHART_HEIGHT}L${start},${CHART_HEIGHT}Z` : '';
+  figure.querySelector('.chart-line').setAttribute('d', line);
+  figure.querySelector('.chart-area').setAttribute('d', area);
+  const current = values.at(-1) ?? 0;
+  figure.dataset.current = String(current);
+  figure.dataset.peak = String(peak);
+  figure.querySelector('.chart-value').textContent = current.toLocaleString();
+  figure.querySelector('.chart-peak').textContent = `peak ${peak.toLocaleString()}`;
+}
+
 // ---- connection indicator ------------------------------------------------
 
 function renderConnection() {
@@ -716,9 +970,11 @@ function renderConnection() {
 }
 
 function tick() {
-  for (const entry of operations.values()) {
-    if (!isFinished(entry.model)) entry.row.querySelector('.op-elapsed').textContent = formatDuration(elapsed(entry.model));
+  for (const row of list.querySelectorAll('.op')) {
+    const model = operations.get(row.dataset.operationId)?.model;
+    if (model && !isFinished(model)) row.querySelector('.op-elapsed').textContent = formatDuration(elapsed(model));
   }
+  sampleActivity();
   if (detail) $('detail-elapsed').textContent = formatDuration(elapsed(operations.get(detail.id)?.model ?? {}));
   if (client.state === 'reconnecting') renderConnection();
   renderAccess();
@@ -730,7 +986,7 @@ client.on('*', applyEvent);
 client.on('state', renderConnection);
 client.on('reconnecting', ({ delay }) => { reconnectAt = Date.now() + delay; });
 client.on('close', onClosed);
-client.on('open', () => { refreshList(); refreshStats(); });
+client.on('open', () => { loadList(LIST_LIMIT); refreshStats(); });
 client.on('resume_failed', reportError);
 client.on('token_error', reportError);
 
@@ -752,10 +1008,16 @@ for (const button of document.querySelectorAll('[data-filter]')) {
   button.addEventListener('click', () => {
     filter = button.dataset.filter;
     document.querySelectorAll('[data-filter]').forEach((b) => b.setAttribute('aria-pressed', String(b === button)));
-    operations.forEach((entry) => { entry.row.hidden = !matchesFilter(entry.model); });
-    renderCounts();
+    list.scrollTop = 0; // another list: from its top
+    relayout();
   });
 }
+list.addEventListener('scroll', () => { windowDirty = true; requestFrame(); }, { passive: true });
+// Another width can wrap rows differently: every row is measured again as it is shown.
+window.addEventListener('resize', () => {
+  for (const entry of order) entry.height = null;
+  relayout();
+});
 window.addEventListener('popstate', showFromLocation);
 
 monitorToggle.checked = monitorAllowed && storedMonitor();
@@ -767,6 +1029,6 @@ renderCounts();
 renderAccess();
 setInterval(tick, 1000);
 setInterval(() => { if (client.state === 'open') refreshStats(); }, STATS_INTERVAL_MS);
-setInterval(() => { if (client.state === 'open' && !monitorToggle.checked) refreshList(); }, STATS_INTERVAL_MS);
+setInterval(() => { if (client.state === 'open' && !monitorToggle.checked) loadList(LIST_REFRESH_LIMIT); }, STATS_INTERVAL_MS);
 loadConfig();
 client.connect().catch(reportError);

@@ -512,11 +512,12 @@ export class TaskcastClient {
   }
 
   /**
-   * @param {{status?: string, limit?: number}} [filter] `status`: `active`, `finished` or a status name; `limit` up to 1000 (default 50).
+   * @param {{status?: string, limit?: number, offset?: number}} [filter] `status`: `active`, `finished` or a status
+   *   name; `limit` up to 1000 (default 50); `offset`: how many of the newest to skip, for the next page (default 0).
    * @returns {Promise<object[]>} Snapshots, most recently updated first.
    */
-  listOperations({ status, limit } = {}) {
-    return this.#request({ command: 'list_operations', status, limit }).then((r) => r.operations);
+  listOperations({ status, limit, offset } = {}) {
+    return this.#request({ command: 'list_operations', status, limit, offset }).then((r) => r.operations);
   }
 
   /** @returns {Promise<object>} Server statistics (`connected_clients`, `active_operations`, ...). */

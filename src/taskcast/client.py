@@ -283,11 +283,15 @@ class TaskcastClient:
         """The operation's snapshot; unknown ids raise ``CommandError('not_found')``."""
         return (await self.request("get_operation", operation_id=operation_id))["operation"]
 
-    async def list_operations(self, status: str | None = None, limit: int = 50) -> list[dict]:
-        """Snapshots, most recently updated first."""
+    async def list_operations(
+        self, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[dict]:
+        """Snapshots, most recently updated first; ``offset`` skips that many (the next page)."""
         fields: dict[str, Any] = {"limit": limit}
         if status:
             fields["status"] = status
+        if offset:
+            fields["offset"] = offset
         return (await self.request("list_operations", **fields))["operations"]
 
     async def get_stats(self) -> dict[str, Any]:
@@ -607,8 +611,10 @@ class SyncClient:
     def get_operation(self, operation_id: str) -> dict[str, Any]:
         return self._run(self._client.get_operation(operation_id))
 
-    def list_operations(self, status: str | None = None, limit: int = 50) -> list[dict]:
-        return self._run(self._client.list_operations(status, limit))
+    def list_operations(
+        self, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[dict]:
+        return self._run(self._client.list_operations(status, limit, offset))
 
     def get_stats(self) -> dict[str, Any]:
         return self._run(self._client.get_stats())

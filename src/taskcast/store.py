@@ -343,10 +343,13 @@ class EventStore:
         entries = self.client.xrange(self.keys.history(operation_id), min=history_start(since))
         return decode_history(entries)
 
-    def list_operations(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Snapshots, most recently updated first, filtered by ``matches_status``."""
+    def list_operations(
+        self, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """Snapshots, most recently updated first, filtered by ``matches_status``; the
+        ``offset`` newest operations of the listing are skipped (before the filter)."""
         found: list[dict[str, Any]] = []
-        start, page = 0, max(limit, 100)
+        start, page = offset, max(limit, 100)
         while len(found) < limit:
             ids = self._ids(self.keys.listing(status), start, page)
             if not ids:
