@@ -8,18 +8,19 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 import orjson
 import pytest
 from bridge_helpers import (
     RestartableBridge,
-    WsClient,
     eventually,
     produce_numbered,
     running_bridge,
 )
-from helpers import AUTH_SECRET
+from celery import Celery
+from helpers import AUTH_SECRET, events_of
 from sse_client import SseStream
 from system_packages import require_binary
 from test_bridge_auth import HOSTILE, expired
@@ -27,7 +28,7 @@ from test_bridge_auth import HOSTILE, expired
 from taskcast import mint_token
 from taskcast.bridge import Bridge
 from taskcast.bridge.sse import StreamRequestError, parse_stream_request, resume_point
-from taskcast.events import Event, log_data, progress_data, status_data
+from taskcast.events import Event, log_data, status_data
 from taskcast.store import EventStore
 
 
@@ -81,37 +82,35 @@ def test_a_malformed_resume_point_is_refused(bad: str) -> None:
 # -- streams from a real bridge -------------------------------------------------------------
 
 
-async def test_curl_reads_an_operation_to_its_end(bridge: Bridge, store: EventStore) -> None:
-    """The README's ``curl -N``: the subscribe reply, every event once with its
-    ``<epoch>:<seq>`` id, and the stream ends by itself after ``completed``."""
+async def test_curl_reads_a_task_to_its_end(
+    bridge: Bridge, task_app: Celery, store: EventStore
+) -> None:
+    """The README's ``curl -N`` on a real task, started before the task exists: the
+    subscribe reply, every event once with its ``<epoch>:<seq>`` id, and the stream
+    ends by itself after ``completed``."""
     curl = require_binary("curl", "curl")
-    store.append(Event("status", "op-curl", status_data("queued")))
+    task_id = str(uuid.uuid4())
     process = await asyncio.create_subprocess_exec(
-        curl, "-N", "-s", "-i", f"{http_base(bridge)}/api/operations/op-curl/events",
+        curl, "-N", "-s", "-i", f"{http_base(bridge)}/api/operations/{task_id}/events",
         stdout=asyncio.subprocess.PIPE,
     )
-    follower = await WsClient.open(bridge.url)
-    await follower.request("subscribe", operation_id="op-curl")
-    store.append(Event("status", "op-curl", status_data("running")))
-    for step in range(1, 5):
-        store.append(Event("progress", "op-curl", progress_data(step / 4, f"step {step}")))
-    store.append(Event("completed", "op-curl", {"status": "completed", "duration": 1.0}))
-    out, _ = await asyncio.wait_for(process.communicate(), 10)
-    await follower.close()
-    text = out.decode()
-    head_text, _, body = text.partition("\r\n\r\n")
+    await eventually(lambda: bridge.hub.subscription_count == 1)
+    task_app.send_task("test.numbered", kwargs={"lines": 5, "delay": 0.02}, task_id=task_id)
+    out, _ = await asyncio.wait_for(process.communicate(), 20)
+    head_text, _, body = out.decode().partition("\r\n\r\n")
     assert head_text.startswith("HTTP/1.1 200")
     assert "content-type: text/event-stream" in head_text.lower()
     blocks = [block for block in body.split("\n\n") if block and not block.startswith("retry:")]
     assert blocks[0].startswith("event: subscribed\ndata: ")
-    epoch = store.snapshot("op-curl")["epoch"]
-    expected_types = ["status", "status"] + ["progress"] * 4 + ["completed"]
-    for seq, (block, event_type) in enumerate(zip(blocks[1:], expected_types, strict=True), 1):
+    stored = events_of(store, task_id)
+    assert [event["event_type"] for event in stored][-1] == "completed"
+    assert len(blocks) == 1 + len(stored)
+    epoch = store.snapshot(task_id)["epoch"]
+    for block, event in zip(blocks[1:], stored, strict=True):
         id_line, event_line, data_line = block.split("\n")
-        assert id_line == f"id: {epoch}:{seq}"
-        assert event_line == f"event: {event_type}"
-        event = orjson.loads(data_line.removeprefix("data: "))
-        assert (event["seq"], event["event_type"]) == (seq, event_type)
+        assert id_line == f"id: {epoch}:{event['seq']}"
+        assert event_line == f"event: {event['event_type']}"
+        assert orjson.loads(data_line.removeprefix("data: ")) == event
     assert process.returncode == 0
 
 
