@@ -16,10 +16,13 @@ from celery import Celery, chord, group
 from celery.canvas import Signature
 from helpers import events_of, gap_free
 from rich.console import Console
+from rich.progress import Progress
 
 from taskcast.bridge import Bridge
 from taskcast.client import TaskcastClient
+from taskcast.events import Event, error_data, status_data
 from taskcast.store import EventStore
+from taskcast.terminal import Watched
 from taskcast.terminal import follow as follow_in_terminal
 
 OpenClient = Callable[..., Awaitable[WsClient]]
@@ -123,3 +126,22 @@ async def test_watch_shows_the_combined_bar_and_a_line_per_member(
     assert "completed" in text and "3 of 3 done" in text
     for child in result.results:
         assert f"{child.id[:8]} step 3" in text
+
+
+
+async def test_a_members_line_ends_as_stored_when_the_group_ended_first(
+    store: EventStore, bridge: Bridge
+) -> None:
+    """A group ends as soon as one member fails, which can be before that member's own
+    watch delivered anything: when the watch ends, each member's line shows the store's
+    state, not the "waiting" it started with."""
+    store.append(Event("status", "member-1", status_data("queued")))
+    store.append(Event("status", "member-1", status_data("running")))
+    store.append(Event("error", "member-1", error_data("boom", "ValueError")))
+    bar = Progress(console=Console(file=io.StringIO()))
+    async with TaskcastClient(bridge.url) as client:
+        watched = Watched(client, bar)
+        watched.add("member-1", "  member-1 ")
+        await watched.finish()  # before the member's watch had a turn
+    (line,) = bar.tasks
+    assert line.fields["status"] == "failed"

@@ -60,6 +60,18 @@ def test_snapshot_follows_events(store: EventStore) -> None:
     assert store.snapshot("missing") is None
 
 
+def test_a_status_without_a_message_clears_the_last_one(store: EventStore) -> None:
+    """A task that never says anything must not keep saying "Waiting for a worker"."""
+    store.append(Event("status", "quiet", status_data("queued", "Waiting for a worker")))
+    store.append(Event("status", "quiet", status_data("running")))
+    store.append(Event("completed", "quiet", {"status": "completed", "duration": 0.1}))
+    assert store.snapshot("quiet")["message"] == ""
+    store.append(Event("status", "talks", status_data("running")))
+    store.append(Event("progress", "talks", progress_data(0.5, "half way")))
+    store.append(Event("progress", "talks", progress_data(0.6)))
+    assert store.snapshot("talks")["message"] == "half way"  # progress alone keeps it
+
+
 def test_nothing_is_stored_after_a_terminal_event_until_the_task_runs_again(
     store: EventStore,
 ) -> None:

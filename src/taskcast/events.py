@@ -115,8 +115,10 @@ class Event:
         if self.parent is not None:
             overwrite["parent_id"] = dumps(self.parent.operation_id)
         message = data.get("message")
-        if message and self.event_type in ("status", "progress"):
-            overwrite["message"] = dumps(message)
+        # A status says what the operation does now: one without a message clears the
+        # last (a finished task must not keep saying "Waiting for a worker").
+        if self.event_type == "status" or (message and self.event_type == "progress"):
+            overwrite["message"] = dumps(message or "")
         if self.event_type == "status":
             status = data.get("status")
             overwrite["status"] = dumps(status)

@@ -206,7 +206,7 @@ async def follow(
     )
     ending: dict[str, Any] | None = None
     with Progress(*columns, console=console, transient=False) as bar:
-        watched = _Watched(client, bar)
+        watched = Watched(client, bar)
         watched.add(operation_id, "")
         snapshot = await client.get_operation(operation_id)
         for child in snapshot.get("children") or []:
@@ -229,7 +229,7 @@ async def follow(
             if isinstance(total, int) and total > len(watched.bars) - 1:
                 for child in (await client.get_operation(operation_id)).get("children") or []:
                     watched.add(child, f"  {child[:8]} ")
-        watched.drain()
+        await watched.finish()
     if ending is None:
         snapshot = client.snapshot(operation_id) or await client.get_operation(operation_id)
         ok = snapshot.get("status") == "completed"
@@ -244,7 +244,7 @@ async def follow(
     return 1
 
 
-class _Watched:
+class Watched:
     """The bars of ``watch``: the operation's, then one line per member of a group or chord,
     each followed by a watch of its own whose events meet in one queue."""
 
@@ -284,14 +284,30 @@ class _Watched:
             update["description"] = self.prefixes[event["operation_id"]] + row["message"]
         self.bar.update(self.bars[event["operation_id"]], **update)
 
-    def drain(self) -> None:
-        """Show the members' events already received, and stop following them."""
+    async def finish(self) -> None:
+        """Stop following the members; show what they sent meanwhile, then each member's
+        stored state: a group can end (one member failed) before a member's own watch
+        delivered its last events, whose line would otherwise stay as it was."""
+        for watch in self._watches:
+            watch.cancel()
         while not self.events.empty():
             event = self.events.get_nowait()
             if event is not None:
                 self.show(event)
-        for watch in self._watches:
-            watch.cancel()
+        for operation_id, prefix in self.prefixes.items():
+            if not prefix:
+                continue  # the followed operation itself: its terminal event was shown
+            try:
+                snapshot = await self.client.get_operation(operation_id)
+            except CommandError:
+                continue
+            self.bar.update(
+                self.bars[operation_id],
+                status=snapshot["status"],
+                completed=snapshot.get("progress") or 0.0,
+                eta="",
+                description=prefix + (snapshot.get("message") or ""),
+            )
 
 
 wait_option = click.option(

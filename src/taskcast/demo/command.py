@@ -186,7 +186,7 @@ def _run(
         return
     dashboard = f"http://{host}:{port}/"
     click.echo(f"taskcast demo running: dashboard at {dashboard}  (Ctrl-C to stop)")
-    click.echo("follow a task in the terminal with: taskcast watch <operation id>")
+    click.echo(f"follow a task in the terminal with: taskcast watch <operation id> --url ws://{host}:{port}/ws")
     if not no_browser:
         webbrowser.open(dashboard)
     app = submitting_app("taskcast_demo")  # reads the URLs set above
