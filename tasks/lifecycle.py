@@ -55,7 +55,6 @@ from celery import Celery, Task, signals
 from taskcast.events import Parent, status_data
 from taskcast.members import parent_in
 from taskcast.tasks import canvas
-from taskcast.tasks.cancel import OperationCancelled
 from taskcast.tasks.emitter import Emitter
 from taskcast.tasks.redelivery import judge
 from taskcast.tasks.runtime import configure, get_producer, get_settings
@@ -266,12 +265,7 @@ def record_failed(
     if not (task_id and records_lifecycle(sender)):
         return
     _started.pop(task_id, None)
-    if isinstance(exception, WorkerLostError):
-        status = "lost"
-    elif isinstance(exception, OperationCancelled):
-        status = "revoked"
-    else:
-        status = "failed"
+    status = "lost" if isinstance(exception, WorkerLostError) else "failed"
     trace = getattr(einfo, "traceback", None) if get_settings().send_traceback else None
     emitter.emit_error(
         task_id,

@@ -66,7 +66,7 @@ async def test_cancel_stops_a_task_on_the_threads_pool_at_its_next_helper_call(
     snapshot = wait_finished(store, result.id)
     assert (snapshot["status"], snapshot["error_type"]) == ("revoked", "TaskRevokedError")
     await asyncio.to_thread(result.get, timeout=15, propagate=False)
-    assert result.state == "FAILURE" and type(result.result).__name__ == "OperationCancelled"
+    assert result.state == "REVOKED"  # as Celery's own revoke reports it, not a failure
     assert time.monotonic() - started < 10  # not the 60 s the task would have slept
     assert [e["event_type"] for e in events_of(store, result.id)][-1] == "error"
 
