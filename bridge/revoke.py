@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from taskcast.events import Event, error_data
+from taskcast.events import Event, Parent, error_data
+from taskcast.members import CHORD_TYPE, GROUP_TYPE
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
@@ -30,12 +31,21 @@ class Revoker:
         self._app: Any = None
 
     def cancel(self, operation_id: str, terminate: bool) -> None:
-        ended = Event("error", operation_id, error_data(CANCELLED, "TaskRevokedError", "revoked"))
-        self.store.append(ended)
+        data = error_data(CANCELLED, "TaskRevokedError", "revoked")
+        self.store.append(Event("error", operation_id, data, parent=self._group_of(operation_id)))
         try:
             self._celery().control.revoke(operation_id, terminate=terminate, signal="SIGTERM")
         except Exception as exc:  # the broker is down: the stored end still stops the task
             log.warning("could not revoke Celery task %s: %s", operation_id, exc)
+
+    def _group_of(self, operation_id: str) -> Parent | None:
+        """The group or chord a member belongs to, whose aggregate its end moves too (a
+        chain link's ``parent_id`` only names the chain's first task)."""
+        parent_id = (self.store.snapshot(operation_id) or {}).get("parent_id")
+        if not parent_id:
+            return None
+        parent_type = (self.store.snapshot(parent_id) or {}).get("operation_type")
+        return Parent(parent_id) if parent_type in (GROUP_TYPE, CHORD_TYPE) else None
 
     def _celery(self) -> Any:
         if self._app is None:

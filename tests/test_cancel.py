@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from bridge_helpers import WsClient, running_bridge
-from celery import Celery
+from celery import Celery, group
 from helpers import AUTH_SECRET, WorkerProcess, events_of, wait_finished, wait_for
 
 from taskcast import mint_token
@@ -69,6 +69,20 @@ async def test_cancel_stops_a_task_on_the_threads_pool_at_its_next_helper_call(
     assert result.state == "REVOKED"  # as Celery's own revoke reports it, not a failure
     assert time.monotonic() - started < 10  # not the 60 s the task would have slept
     assert [e["event_type"] for e in events_of(store, result.id)][-1] == "error"
+
+
+async def test_cancelling_a_group_member_fails_its_group(
+    bridge_for_workers: Bridge, task_app: Celery, store: EventStore
+) -> None:
+    sleeper = task_app.signature("test.sleep", kwargs={"seconds": 60, "steps": 600})
+    result = group(sleeper, sleeper.clone()).apply_async()
+    first, second = (member.id for member in result.results)
+    await asyncio.to_thread(wait_running, store, first)
+    await cancel_over_websocket(bridge_for_workers, first, terminate=False)
+    snapshot = await asyncio.to_thread(wait_finished, store, result.id)
+    assert snapshot["status"] == "failed" and snapshot["error_type"] == "TaskRevokedError"
+    await cancel_over_websocket(bridge_for_workers, second, terminate=False)
+    await asyncio.to_thread(wait_finished, store, second)
 
 
 async def test_cancel_with_terminate_kills_a_task_on_the_prefork_pool(
