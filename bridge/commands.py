@@ -20,6 +20,8 @@ from taskcast.protocol import BAD_REQUEST, PROTOCOL_VERSION, UNKNOWN_COMMAND
 MAX_ID_LENGTH = 256
 MAX_STATUS_LENGTH = 64
 MAX_EPOCH_LENGTH = 64
+# The largest since a client may send: history reads ask Redis for ids above it (64-bit).
+MAX_SEQ = 2**63 - 1
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
 MAX_TOKEN_LENGTH = 8192
@@ -103,11 +105,13 @@ def _text(value: Any, name: str, max_length: int, required: bool) -> str | None:
     return value
 
 
-def _integer(value: Any, name: str, low: int, default: int) -> int:
+def _integer(value: Any, name: str, low: int, default: int, high: int = MAX_SEQ) -> int:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}")
+    if value > high:
+        raise ValueError(f"{name} must be at most {high}")
     return value
 
 

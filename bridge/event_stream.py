@@ -18,8 +18,15 @@ from typing import TYPE_CHECKING
 
 from taskcast.bridge.access import TokenRejected, origin_allowed, request_token
 from taskcast.bridge.commands import Command, CommandError, encode, error_body, error_frame
-from taskcast.bridge.http import CAP_REFUSALS, ORIGIN_REFUSED, cors_headers, raw_response
+from taskcast.bridge.http import (
+    CAP_REFUSALS,
+    ORIGIN_REFUSED,
+    close_soon,
+    cors_headers,
+    raw_response,
+)
 from taskcast.bridge.hub import LIVE, REPLY, Connection, Frame, Hub
+from taskcast.bridge.limits import client_address_of
 from taskcast.bridge.metrics import LagHistogram
 from taskcast.bridge.reader import STORE_ERRORS
 from taskcast.bridge.sse import (
@@ -38,9 +45,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskcast.bridge")
 
 # Write to a stream's transport only while it buffers less than this; the rest waits
-# in the hub's outbox, where it counts against the send budget (4008's rule: over it,
-# the stream is ended and the client resumes with Last-Event-ID).
+# in the hub's outbox, where it counts against the send budget. The transport's high
+# mark sits just below it, so a write that fills it pauses the transport, and its
+# resume_writing writes again.
 WRITE_LIMIT = 32 * 1024
+# A stream over its send budget this long, not reading, is ended (the WebSocket's
+# 4008 rule, see Bridge._wait_drained); its client resumes with Last-Event-ID.
+SLOW_READER_GRACE = 10.0
 STORE_DOWN = "event store (Redis) is unreachable; retry later"
 TOKEN_REQUIRED = "a token is required (Authorization: Bearer, or ?token= for EventSource)"
 
@@ -58,6 +69,7 @@ class EventStream(Connection):
         "ended",
         "flush_due",
         "expiry",
+        "grace",
         "hub",
         "lag",
         "streams",
@@ -84,6 +96,7 @@ class EventStream(Connection):
         self.ended = False
         self.flush_due = False
         self.expiry: asyncio.TimerHandle | None = None
+        self.grace: asyncio.TimerHandle | None = None
 
     def ready(self) -> None:
         """The hub queued frames: write them at the end of this loop turn, all at once."""
@@ -92,24 +105,42 @@ class EventStream(Connection):
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write what the transport may take now; the rest waits for it to drain."""
+        """Write while the transport takes it; the rest waits for ``resume_writing``.
+
+        A stream left over its send budget must read within ``SLOW_READER_GRACE``.
+        """
         self.flush_due = False
-        if self.ended:
-            return
-        chunks: list[bytes] = []
-        room = WRITE_LIMIT - self.transport.get_write_buffer_size()
-        end = False
-        while not end and room > 0 and (frame := self.hub.take(self)) is not None:
-            if frame.kind == REPLY:
-                data, end = self._reply(frame.payload)
-            else:
-                data, end = self._event(frame)
-            chunks.append(data)
-            room -= len(data)
-        if chunks:
-            self.transport.write(b"".join(chunks))
-        if end:
-            self.end()
+        transport = self.transport
+        while not self.ended and (room := WRITE_LIMIT - transport.get_write_buffer_size()) > 0:
+            chunks: list[bytes] = []
+            end = False
+            while not end and room > 0 and (frame := self.hub.take(self)) is not None:
+                data, end = self._message(frame)
+                chunks.append(data)
+                room -= len(data)
+            if not chunks:
+                break
+            transport.write(b"".join(chunks))
+            if end:
+                self.end()
+        self._watch_budget()
+
+    def _watch_budget(self) -> None:
+        over = not self.ended and self.hub.over_budget(self)
+        if over and self.grace is None:
+            self.grace = asyncio.get_running_loop().call_later(SLOW_READER_GRACE, self._evict)
+        elif not over and self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
+
+    def _evict(self) -> None:
+        self.grace = None
+        if not self.ended and self.hub.over_budget(self):
+            self.hub.evict(self)
+
+    def _message(self, frame: Frame) -> tuple[bytes, bool]:
+        """A frame's bytes on the wire, and whether the stream ends after them."""
+        return self._reply(frame.payload) if frame.kind == REPLY else self._event(frame)
 
     def _reply(self, payload: bytes) -> tuple[bytes, bool]:
         """The first reply decides the HTTP status; later ones (a renewed epoch's
@@ -139,14 +170,16 @@ class EventStream(Connection):
             self.transport.write(KEEPALIVE)
 
     def end(self) -> None:
-        """Close the stream after what was written; forget it. Safe to call twice."""
+        """Stop delivering; close after what was written (cut off if it is not read).
+        Safe to call twice. The connection counts against the caps until it is gone."""
         if self.ended:
             return
         self.ended = True
-        if self.expiry is not None:
-            self.expiry.cancel()
-        self.transport.close()
-        self.streams.forget(self)
+        for timer in (self.expiry, self.grace):
+            if timer is not None:
+                timer.cancel()
+        close_soon(self.transport)
+        self.streams.detach(self)
 
 
 class EventStreams:
@@ -181,17 +214,17 @@ class EventStreams:
         """
         bridge = self.bridge
         origin = request.header("origin")
-        cors = cors_headers(bridge.settings, origin)
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if peer else "unknown"
+        allowed = origin_allowed(bridge.settings, origin, request.header("host"))
+        cors = cors_headers(bridge.settings, origin) if allowed else []
+        address = client_address_of(transport)
 
         def refuse(status: int, code: str, message: str) -> EventStream | None:
             body = encode(error_body(code, message))
             transport.write(raw_response(status, body, "application/json", cors))
-            transport.close()
+            close_soon(transport)
             return None
 
-        if not origin_allowed(bridge.settings, origin, request.header("host")):
+        if not allowed:
             return refuse(403, FORBIDDEN, ORIGIN_REFUSED)
         cap = bridge.caps.refusal(address)
         if cap is not None:
@@ -207,6 +240,7 @@ class EventStreams:
         if not (grant.reads(operation_id) if operation_id is not None else grant.monitors()):
             return refuse(403, FORBIDDEN, "your token does not allow this")
         stream = EventStream(self, transport, address, request, cors)
+        transport.set_write_buffer_limits(high=WRITE_LIMIT - 1, low=WRITE_LIMIT // 4)
         bridge.caps.opened(address)
         bridge.hub.connect(stream)
         self.open.add(stream)
@@ -236,8 +270,13 @@ class EventStreams:
         except STORE_ERRORS:
             self.bridge.hub.send(stream, error_frame(UNAVAILABLE, STORE_DOWN))
 
-    def forget(self, stream: EventStream) -> None:
+    def detach(self, stream: EventStream) -> None:
+        """An ended stream gets nothing more: out of the hub at once."""
+        self.bridge.hub.disconnect(stream)
+
+    def release(self, stream: EventStream) -> None:
+        """Its connection is gone: it no longer counts against the caps."""
+        stream.end()
         if stream in self.open:
             self.open.discard(stream)
-            self.bridge.hub.disconnect(stream)
             self.bridge.caps.closed(stream.address)

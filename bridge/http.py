@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
 from taskcast.bridge.access import Grant, TokenRejected, origin_allowed, request_token
@@ -32,7 +32,7 @@ from taskcast.bridge.commands import (
     list_status,
     not_found_message,
 )
-from taskcast.bridge.limits import client_address
+from taskcast.bridge.limits import client_address, client_address_of
 from taskcast.bridge.reader import STORE_ERRORS
 from taskcast.bridge.sse import StreamRequestError, parse_stream_request
 from taskcast.protocol import (
@@ -145,8 +145,14 @@ class HttpRoutes:
         self.static_dir = static_dir
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
-        origin = request.headers.get("Origin")
-        if not origin_allowed(self.bridge.settings, origin, request.headers.get("Host")):
+        try:
+            origin = request.headers.get("Origin")
+            host = request.headers.get("Host")
+            request.headers.get("Authorization")
+        except MultipleValuesError as exc:
+            # Which of two Origins (or tokens) counts would be a guess an attacker steers.
+            return error_response(400, BAD_REQUEST, f"the {exc} header must be sent once")
+        if not origin_allowed(self.bridge.settings, origin, host):
             return error_response(403, FORBIDDEN, ORIGIN_REFUSED)
         answer = await self._answer(connection, request)
         if answer is not None:
@@ -312,31 +318,48 @@ class BridgeConnection(ServerConnection):
     _stream: EventStream | None = None
     _deadline: asyncio.TimerHandle | None = None
     _raw: asyncio.Transport | None = None
+    _address: str | None = None  # set while the head is counted against the caps
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = cast(asyncio.Transport, transport)
+        if self.streams is not None:
+            address = client_address_of(self._raw)
+            if not self.streams.bridge.caps.head_started(address):
+                self._raw.abort()  # over the caps before a request: nothing to answer yet
+                return
+            self._address = address
         self._deadline = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._raw.abort)
+
+    def _head_done(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._address is not None and self.streams is not None:
+            self.streams.bridge.caps.head_done(self._address)
+            self._address = None
 
     def data_received(self, data: bytes) -> None:
         if self._websocket:
             super().data_received(data)
             return
-        if not self._sniffing:  # an event stream's client has nothing more to say
+        if not self._sniffing:
+            # An event stream's client has nothing more to say: one that talks on is no
+            # EventSource (and would make us read for nothing); a refused one is closing.
+            if self._stream is not None:
+                self._stream.end()
             return
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0 and len(self._head) < MAX_HEAD_BYTES:
             return
         head, self._head, self._sniffing = self._head, b"", False
-        if self._deadline is not None:
-            self._deadline.cancel()
+        self._head_done()
         transport = self._raw
         assert transport is not None
-        request_head = head[: end if end >= 0 else len(head)]
-        refusal = refuse_body(request_head)
-        if refusal is None and self.streams is not None:
+        complete = 0 <= end <= MAX_HEAD_BYTES
+        refusal = refuse_body(head[:end]) if complete else None
+        if refusal is None and complete and self.streams is not None:
             try:
-                request = parse_stream_request(request_head)
+                request = parse_stream_request(head[:end])
             except StreamRequestError as exc:
                 refusal = raw_response(400, encode(error_body(BAD_REQUEST, str(exc))), JSON)
             else:
@@ -345,8 +368,9 @@ class BridgeConnection(ServerConnection):
                     return
         if refusal is not None:
             transport.write(refusal)
-            transport.close()
+            close_soon(transport)
             return
+        # Everything else, an oversized head included (websockets answers it with 431).
         self._websocket = True
         super().connection_made(transport)
         super().data_received(head)
@@ -363,10 +387,9 @@ class BridgeConnection(ServerConnection):
             self._stream.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        if self._stream is not None:
-            self._stream.end()
+        self._head_done()
+        if self._stream is not None and self.streams is not None:
+            self.streams.release(self._stream)
         if self._websocket:
             super().connection_lost(exc)
 
@@ -376,8 +399,16 @@ def connection_class(streams: EventStreams) -> type[BridgeConnection]:
     return type("BridgeConnection", (BridgeConnection,), {"streams": streams})
 
 
+def close_soon(transport: asyncio.Transport) -> None:
+    """Close once the buffer is sent, or abort after ``CLOSE_TIMEOUT`` if the client does
+    not read it: it must not hold a socket and its buffer after we are done with it."""
+    transport.close()
+    asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+
+
 # websockets' own open_timeout for the rest of the handshake.
 HEAD_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0
 JSON = "application/json"
 MAX_HEAD_BYTES = 16 * 1024
 _BODY_HEADER = re.compile(rb"^(content-length:\s*0*[1-9]|transfer-encoding:)", re.I | re.M)

@@ -54,6 +54,24 @@ class ConnectionCaps:
         self.per_address = per_address
         self.open: Counter[str] = Counter()
         self.count = 0
+        # Connections still sending their request head, held to the same caps: a
+        # client that never finishes its head holds a descriptor all the same.
+        self.heads: Counter[str] = Counter()
+        self.head_count = 0
+
+    def head_started(self, address: str) -> bool:
+        """Count a new connection's head; False (not counted) when over the caps."""
+        if self.head_count >= self.total or self.heads[address] >= self.per_address:
+            return False
+        self.heads[address] += 1
+        self.head_count += 1
+        return True
+
+    def head_done(self, address: str) -> None:
+        self.head_count -= 1
+        self.heads[address] -= 1
+        if self.heads[address] <= 0:
+            del self.heads[address]
 
     def refusal(self, address: str) -> int | None:
         """The HTTP status refusing one more connection from ``address``, or None."""
@@ -77,6 +95,12 @@ class ConnectionCaps:
 def client_address(connection: Any) -> str:
     """The peer's IP address (``remote_address`` of a websockets connection)."""
     remote = getattr(connection, "remote_address", None)
+    return str(remote[0]) if remote else "unknown"
+
+
+def client_address_of(transport: asyncio.BaseTransport) -> str:
+    """The peer's IP address of a transport (before websockets has a connection)."""
+    remote = transport.get_extra_info("peername")
     return str(remote[0]) if remote else "unknown"
 
 

@@ -8,12 +8,13 @@ response that never ends, which websockets' ``process_request`` cannot give.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from taskcast.bridge.commands import MAX_ID_LENGTH
+from taskcast.bridge.commands import MAX_EPOCH_LENGTH, MAX_ID_LENGTH, MAX_SEQ
 from taskcast.events import FINISHED_STATUSES
 from taskcast.protocol import UNAVAILABLE
 
@@ -22,6 +23,13 @@ EVENTS_SUFFIX = "/events"
 MONITOR_PATH = "/api/events"
 KEEPALIVE = b": keep-alive\n\n"
 TERMINAL_EVENTS = frozenset({"completed", "error"})
+# Headers a request may carry once: with two, which one counts would be a guess an
+# attacker could steer (one Origin for the allowlist, another for the browser).
+SINGLE_HEADERS = frozenset({"origin", "host", "authorization", "last-event-id"})
+# What an event name or id may hold: anything else (a line break above all) would let
+# stored data write SSE fields of its own.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
 # How long EventSource waits before reconnecting after a dropped stream (ms);
 # short, because the bridge replays what was missed.
 RETRY_MILLISECONDS = 1000
@@ -74,8 +82,12 @@ def parse_stream_request(head: bytes) -> StreamRequest | None:
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
+        if not sep:
+            continue
+        name = name.strip().lower()
+        if name in headers and name in SINGLE_HEADERS:
+            raise StreamRequestError(f"the {name} header must be sent once")
+        headers[name] = value.strip()
     if "websocket" in headers.get("upgrade", "").lower():
         return None
     target = parts[1]
@@ -101,9 +113,15 @@ def resume_point(last_event_id: str | None, query: dict[str, list[str]]) -> tupl
         held_epoch, sep, seq = last_event_id.rpartition(":")
         if not sep:
             raise StreamRequestError("Last-Event-ID must be <epoch>:<seq>")
-        return _seq(seq, "Last-Event-ID"), held_epoch or None
+        return _seq(seq, "Last-Event-ID"), _epoch(held_epoch)
     since = _seq(query["since"][-1], "since") if "since" in query else 0
-    return since, query.get("epoch", [""])[-1] or None
+    return since, _epoch(query.get("epoch", [""])[-1])
+
+
+def _epoch(raw: str) -> str | None:
+    if len(raw) > MAX_EPOCH_LENGTH:
+        raise StreamRequestError(f"an epoch is at most {MAX_EPOCH_LENGTH} characters long")
+    return raw or None
 
 
 def _seq(raw: str, name: str) -> int:
@@ -111,8 +129,8 @@ def _seq(raw: str, name: str) -> int:
         value = int(raw)
     except ValueError:
         value = -1
-    if value < 0:
-        raise StreamRequestError(f"{name} must end in a seq, an integer >= 0")
+    if not 0 <= value <= MAX_SEQ:
+        raise StreamRequestError(f"{name} must end in a seq, an integer from 0 to {MAX_SEQ}")
     return value
 
 
@@ -122,13 +140,15 @@ def message(event: str, data: bytes, event_id: str | None = None) -> bytes:
     return f"{head}event: {event}\n".encode() + b"data: " + data + b"\n\n"
 
 
-def event_message(payload: bytes, with_id: bool = True) -> tuple[bytes, bool]:
-    """An event's SSE message (``id: <epoch>:<seq>`` when ``with_id``), and whether
-    it is terminal."""
+def event_message(payload: bytes) -> tuple[bytes, bool]:
+    """An event's SSE message (``id: <epoch>:<seq>``), and whether it is terminal."""
     event = orjson.loads(payload)
     event_type = str(event.get("event_type", "message"))
-    event_id = f"{event.get('epoch') or ''}:{event['seq']}" if with_id and "seq" in event else None
-    return message(event_type, payload, event_id), event_type in TERMINAL_EVENTS
+    event_id = None
+    if "seq" in event:
+        event_id = _UNSAFE.sub("_", f"{event.get('epoch') or ''}:{event['seq']}")
+    name = _UNSAFE.sub("_", event_type)
+    return message(name, payload, event_id), event_type in TERMINAL_EVENTS
 
 
 def reply_message(payload: bytes) -> tuple[bytes, bool]:

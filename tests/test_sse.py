@@ -27,7 +27,12 @@ from test_bridge_auth import HOSTILE, expired
 
 from taskcast import mint_token
 from taskcast.bridge import Bridge
-from taskcast.bridge.sse import StreamRequestError, parse_stream_request, resume_point
+from taskcast.bridge.sse import (
+    StreamRequestError,
+    event_message,
+    parse_stream_request,
+    resume_point,
+)
 from taskcast.events import Event, log_data, status_data
 from taskcast.store import EventStore
 
@@ -273,10 +278,11 @@ async def test_streams_need_a_token_with_the_right_scope(
             assert (await status(f"/api/operations/op-a/events?token={make()}"))[0] == 401
         assert (await status(f"/api/operations/op-b/events?token={reader}"))[0] == 403
         assert (await status(f"/api/events?token={reader}"))[0] == 403
-        refused = await status(
-            f"/api/operations/op-a/events?token={reader}", Origin="http://evil.example"
+        refused = await SseStream.open(
+            f"{base}/api/operations/op-a/events?token={reader}", {"Origin": "http://evil.example"}
         )
-        assert refused[0] == 403
+        await refused.wait_ended()
+        assert refused.status == 403 and "access-control-allow-origin" not in refused.headers
         by_query = await status(f"/api/operations/op-a/events?token={reader}")
         by_header = await status(
             "/api/operations/op-a/events", Authorization=f"Bearer {reader}"
@@ -366,3 +372,108 @@ async def test_every_event_once_across_a_bridge_restart(
     assert seqs == list(range(1, store.snapshot("op-restart")["last_seq"] + 1)), (
         time.monotonic() - started
     )
+
+
+# -- what a hostile or broken client can do --------------------------------------------------
+
+
+def test_stored_data_cannot_write_sse_fields() -> None:
+    """An event name (or id) with a line break would let stored data forge fields."""
+    payload = orjson.dumps(
+        {"event_type": "log\nid: fake:999\nevent: completed", "seq": 3, "epoch": "e\n1"}
+    )
+    data, terminal = event_message(payload)
+    fields = data.decode().split("\n")
+    assert fields[0] == "id: e_1:3" and fields[1].startswith("event: log_id:_fake:999")
+    assert len(fields) == 5 and not terminal
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "Last-Event-ID: e:99999999999999999999",
+        "Last-Event-ID: " + "e" * 100 + ":1",
+        "Origin: http://a.example\r\nOrigin: http://b.example",
+    ],
+)
+def test_out_of_range_or_repeated_values_are_refused(bad: str) -> None:
+    with pytest.raises(StreamRequestError):
+        parse_stream_request(head("/api/operations/a/events", bad))
+
+
+async def test_a_long_history_streams_to_the_end(bridge: Bridge, store: EventStore) -> None:
+    """Far more than the transport takes at once: every event, then the end."""
+    line = "y" * 1000
+    store.append_many([Event("log", "op-long", log_data("info", line)) for _ in range(300)])
+    stream = await SseStream.open(f"{http_base(bridge)}/api/operations/op-long/events")
+    await stream.wait_for(lambda s: len(s.events()) == 300)
+    for _ in range(200):  # and a live burst as large
+        store.append(Event("log", "op-long", log_data("info", line)))
+    store.append(Event("completed", "op-long", {"status": "completed", "duration": 0.1}))
+    await stream.wait_ended()
+    assert stream.seqs() == list(range(1, 502))
+
+
+async def test_a_replay_nobody_reads_is_ended_and_its_socket_freed(
+    redis_url: str, prefix: str, store: EventStore
+) -> None:
+    """Over its send budget with a replay it does not read, a stream gets the WebSocket's
+    grace, is ended, and its connection is cut off rather than held open."""
+    big = "x" * 8000  # 8 MB of history: more than the kernel's socket buffers take
+    store.append_many([Event("log", "op-unread", log_data("info", big)) for _ in range(1000)])
+    async with running_bridge(redis_url, prefix, send_buffer_bytes=64 * 1024) as bridge:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.connect(("127.0.0.1", bridge.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET /api/operations/op-unread/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        await eventually(lambda: bridge.hub.stats.slow_consumer_disconnects == 1, timeout=20)
+        await eventually(lambda: bridge.caps.count == 0 and not bridge.streams.open)
+        writer.close()
+
+
+async def test_talking_after_the_request_ends_the_stream(bridge: Bridge) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    writer.write(b"GET /api/operations/op-chatty/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await eventually(lambda: bridge.hub.subscription_count == 1)
+    writer.write(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    await eventually(lambda: not bridge.streams.open)
+    writer.close()
+
+
+async def test_connections_still_sending_their_head_are_capped(
+    redis_url: str, prefix: str
+) -> None:
+    """A client that opens sockets and never finishes a request holds descriptors too."""
+    async with running_bridge(redis_url, prefix, max_connections_per_ip=3) as bridge:
+        held = [await asyncio.open_connection("127.0.0.1", bridge.port) for _ in range(3)]
+        for _, writer in held:
+            writer.write(b"GET /api/ev")  # never finished
+        await eventually(lambda: bridge.caps.head_count == 3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # dropped at once
+        for _, held_writer in held:
+            held_writer.close()
+        await eventually(lambda: bridge.caps.head_count == 0)
+        stream = await SseStream.open(f"{http_base(bridge)}/api/operations/op/events")
+        assert stream.status == 200
+        await stream.close()
+
+
+async def test_repeated_headers_and_oversized_heads_are_refused(bridge: Bridge) -> None:
+    base = http_base(bridge)
+    twice = await SseStream.open(
+        f"{base}/api/operations/op/events", {"Origin": "http://a.example\r\nOrigin: http://b"}
+    )
+    await twice.wait_ended()
+    assert twice.status == 400
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    writer.write(b"GET /api/stats HTTP/1.1\r\nHost: x\r\nOrigin: a\r\nOrigin: b\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 400")
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    padding = b"X-Pad: " + b"p" * 20_000 + b"\r\n"
+    writer.write(b"GET /api/operations/op/events HTTP/1.1\r\nHost: x\r\n" + padding + b"\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    writer.close()
