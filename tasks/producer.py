@@ -152,15 +152,16 @@ class Producer:
         """Counters: stored, rejected (operation had ended), failed (Redis errors),
         invalid (data not encodable as JSON), coalesced (progress merged into a
         later value), retried (stored from the outbox), and of the outbox:
-        outbox (events waiting now), outbox_peak, queued (events that ever
-        waited), merged (progress merged away to make room), dropped (other
-        events dropped to make room, each reported in its operation's history)."""
+        outbox (events not stored yet: waiting, or being stored from it now),
+        outbox_peak, queued (events that ever waited), merged (progress merged away
+        to make room), dropped (other events dropped to make room, each reported in
+        its operation's history)."""
         with self._lock:
             box = self.outbox.stats
             return {
                 **self.counters,
                 "coalesced": self.coalescer.merged,
-                "outbox": len(self.outbox),
+                "outbox": len(self.outbox) + int(self._inflight),
                 "outbox_peak": box.peak,
                 "queued": box.queued,
                 "merged": box.merged,
