@@ -15,9 +15,10 @@ import pytest
 import redis
 from bridge_helpers import RestartableBridge, eventually, running_bridge
 from celery import Celery
-from helpers import ROOT_DIR, events_of, wait_finished
+from helpers import AUTH_SECRET, ROOT_DIR, events_of, wait_finished
 
 import taskcast.client as client_module
+from taskcast import mint_token
 from taskcast.bridge import Bridge
 from taskcast.client import BridgeUnavailable, CommandError, SyncClient, TaskcastClient
 from taskcast.embedded_redis import EmbeddedRedis, free_port
@@ -356,3 +357,16 @@ async def test_several_watches_and_monitors_on_one_client_each_get_every_event_o
         assert await from_start == list(range(1, 13))
         # Live events, plus seq 1 from a watch's replay on the same connection: once each.
         assert await monitors[0] == await monitors[1] == list(range(1, 13))
+
+
+def test_watch_says_when_the_bridge_wants_a_token(
+    secured_bridge: RestartableBridge, store: EventStore
+) -> None:
+    store.append(Event("status", "op-guarded", status_data("queued")))
+    env = {**secured_bridge.env, "TASKCAST_TOKEN": ""}
+    without = taskcast("watch", "op-guarded", "--url", secured_bridge.url, env=env)
+    other = mint_token("op-other", secret=AUTH_SECRET)
+    wrong = taskcast("watch", "op-guarded", "--url", secured_bridge.url, "--token", other, env=env)
+    for run in (without, wrong):
+        assert run.returncode == 5, run.stderr
+        assert "--token" in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -36,13 +36,14 @@ from rich.text import Text
 
 from taskcast.client import BridgeUnavailable, CommandError, TaskcastClient
 from taskcast.events import REOPENING_STATUSES
-from taskcast.protocol import NOT_FOUND
+from taskcast.protocol import FORBIDDEN, NOT_FOUND, UNAUTHORIZED
 from taskcast.tasks import instrument
 from taskcast.worker_config import celery_config, load_settings
 
 EXIT_UNREACHABLE = 3
 EXIT_UNKNOWN = 4  # no such operation, or no worker has the task
 EXIT_USAGE = 2
+EXIT_ACCESS = 5  # the bridge refused the token (or wants one)
 LOG_STYLES = {"debug": "dim", "info": "cyan", "warning": "yellow", "error": "bold red"}
 # (unit, seconds per unit, used below this many seconds), as etaText in bridge/static/taskcast.js
 ETA_UNITS = (
@@ -107,8 +108,13 @@ def run_client(
         click.echo(f"taskcast: {exc}", err=True)
         code = EXIT_UNREACHABLE
     except CommandError as exc:
-        click.echo(f"taskcast: {exc}", err=True)
-        code = 1
+        if exc.code in (UNAUTHORIZED, FORBIDDEN):
+            hint = "pass a token with the read scope for it: --token or TASKCAST_TOKEN"
+            click.echo(f"taskcast: the bridge refused: {exc}; {hint}", err=True)
+            code = EXIT_ACCESS
+        else:
+            click.echo(f"taskcast: {exc}", err=True)
+            code = 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
