@@ -205,3 +205,24 @@ def report(figures: dict[str, float | int | str]) -> None:
     artifacts = ROOT_DIR / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     (artifacts / "dashboard-scale.json").write_text(json.dumps(shown, indent=2) + "\n")
+
+
+def test_a_burst_of_new_operations_is_looked_up_without_hitting_the_rate_limit(
+    page: Page, restartable_bridge: RestartableBridge, store: EventStore
+) -> None:
+    """400 operations the page never saw start at once: their snapshots (here: their type)
+    arrive through a listing, not 400 get_operation commands the bridge would refuse past
+    its command rate."""
+    page.goto(page_url(restartable_bridge))
+    wait_state(page, "#connection[data-state=open]")
+    count = 400
+    store.append_many(
+        [
+            Event("status", f"burst-{n:04d}", status_data("queued"), operation_type="burst.job")
+            for n in range(count)
+        ]
+    )
+    expect(page.locator('[data-count="all"]')).to_have_text(str(count))
+    newest = row_of(f"burst-{count - 1:04d}")
+    expect(page.locator(f"{newest} .op-type")).to_have_text("burst.job")
+    expect(page.get_by_test_id("toast")).to_be_hidden()

@@ -16,6 +16,8 @@ const STATIC_FIELDS = ['operation_type', 'started_at', 'metadata', 'worker'];
 const LIST_PAGE = 1000; // the most the bridge lists per list_operations call
 const LIST_LIMIT = 10000; // how many of the most recently updated operations the page loads on connecting
 const LIST_REFRESH_LIMIT = 100; // what it polls for when monitor mode is off
+const LOOKUP_DELAY_MS = 250; // new operations seen within this are looked up together
+const LOOKUP_ONE_BY_ONE = 20; // up to this many with get_operation, more with one listing
 // Past MAX_OPERATIONS the oldest finished operations are forgotten, down to KEEP_OPERATIONS in one go
 // (one pass over the list now and then, not one per event).
 const MAX_OPERATIONS = 12000;
@@ -230,6 +232,33 @@ function applySnapshot(snapshot) {
   invalidate(snapshot.operation_id);
 }
 
+/** Operations whose snapshot the page wants (first seen through an event), asked for together. */
+const wanted = new Set();
+let lookupTimer = null;
+
+/**
+ * Asks for an operation's snapshot soon: a burst of new operations must not become a
+ * burst of commands, which the bridge rate-limits. A few are asked for one by one; more
+ * at once come from one listing of the most recently updated operations, where new
+ * ones are.
+ */
+function lookUp(operationId) {
+  wanted.add(operationId);
+  lookupTimer ??= setTimeout(lookUpWanted, LOOKUP_DELAY_MS);
+}
+
+function lookUpWanted() {
+  lookupTimer = null;
+  const ids = [...wanted];
+  wanted.clear();
+  if (ids.length <= LOOKUP_ONE_BY_ONE) {
+    for (const id of ids) client.getOperation(id).then(applySnapshot, reportError);
+    return;
+  }
+  const limit = Math.min(LIST_PAGE, ids.length + LOOKUP_ONE_BY_ONE);
+  client.listOperations({ limit }).then((snapshots) => snapshots.forEach(applySnapshot), reportError);
+}
+
 function applyEvent(event) {
   if (event.event_type === 'connected') {
     if (typeof event.timestamp === 'number') clockOffset = event.timestamp - Date.now() / 1000;
@@ -239,7 +268,7 @@ function applyEvent(event) {
   if (event.operation_id === detail?.id) addLogEntry(event);
   const known = operations.has(event.operation_id);
   const { model } = entryFor(event.operation_id, event.timestamp);
-  if (!known) client.getOperation(event.operation_id).then(applySnapshot, reportError);
+  if (!known) lookUp(event.operation_id);
   if (event.seq <= model.last_seq) return;
   const data = event.data ?? {};
   switch (event.event_type) {
@@ -254,9 +283,7 @@ function applyEvent(event) {
       if (typeof data.progress === 'number') model.progress = data.progress;
       if (data.message) model.message = data.message;
       model.eta = data.eta ?? null;
-      if (isGroup(model) && data.details?.total > (model.children?.length ?? 0)) {
-        client.getOperation(event.operation_id).then(applySnapshot, reportError);
-      }
+      if (isGroup(model) && data.details?.total > (model.children?.length ?? 0)) lookUp(event.operation_id);
       break;
     case 'result':
       model.result = data.result;
