@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from taskcast.bridge.access import TokenRejected, origin_allowed, request_token
@@ -21,7 +22,6 @@ from taskcast.bridge.commands import Command, CommandError, encode, error_body, 
 from taskcast.bridge.http import (
     CAP_REFUSALS,
     ORIGIN_REFUSED,
-    close_soon,
     cors_headers,
     raw_response,
 )
@@ -73,6 +73,7 @@ class EventStream(Connection):
         "hub",
         "lag",
         "streams",
+        "close",
     )
 
     def __init__(
@@ -82,9 +83,12 @@ class EventStream(Connection):
         address: str,
         request: StreamRequest,
         cors: list[tuple[str, str]],
+        close: Callable[[], None],
     ) -> None:
+        """``close`` closes the connection after what was written (cut off if unread)."""
         super().__init__(uuid.uuid4().hex)
         self.streams = streams
+        self.close = close
         self.hub: Hub = streams.bridge.hub
         self.lag: LagHistogram = streams.bridge.metrics.delivery_lag
         self.transport = transport
@@ -178,7 +182,7 @@ class EventStream(Connection):
         for timer in (self.expiry, self.grace):
             if timer is not None:
                 timer.cancel()
-        close_soon(self.transport)
+        self.close()
         self.streams.detach(self)
 
 
@@ -207,8 +211,11 @@ class EventStreams:
             for stream in list(self.open):
                 stream.keepalive()
 
-    def take(self, transport: asyncio.Transport, request: StreamRequest) -> EventStream | None:
-        """Start serving ``request`` on ``transport``, or refuse it (HTTP error, closed): None.
+    def take(
+        self, transport: asyncio.Transport, request: StreamRequest, close: Callable[[], None]
+    ) -> EventStream | None:
+        """Start serving ``request`` on ``transport``, or refuse it (HTTP error, then
+        ``close``): None.
 
         The checks are the WebSocket's: origin, connection caps, token and scope.
         """
@@ -221,7 +228,7 @@ class EventStreams:
         def refuse(status: int, code: str, message: str) -> EventStream | None:
             body = encode(error_body(code, message))
             transport.write(raw_response(status, body, "application/json", cors))
-            close_soon(transport)
+            close()
             return None
 
         if not allowed:
@@ -239,7 +246,7 @@ class EventStreams:
         operation_id = request.operation_id
         if not (grant.reads(operation_id) if operation_id is not None else grant.monitors()):
             return refuse(403, FORBIDDEN, "your token does not allow this")
-        stream = EventStream(self, transport, address, request, cors)
+        stream = EventStream(self, transport, address, request, cors, close)
         transport.set_write_buffer_limits(high=WRITE_LIMIT - 1, low=WRITE_LIMIT // 4)
         bridge.caps.opened(address)
         bridge.hub.connect(stream)

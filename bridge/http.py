@@ -12,6 +12,8 @@ import dataclasses
 import email.utils
 import http
 import re
+import socket
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -319,6 +321,7 @@ class BridgeConnection(ServerConnection):
     _deadline: asyncio.TimerHandle | None = None
     _raw: asyncio.Transport | None = None
     _address: str | None = None  # set while the head is counted against the caps
+    _cut: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = cast(asyncio.Transport, transport)
@@ -364,11 +367,11 @@ class BridgeConnection(ServerConnection):
                 refusal = raw_response(400, encode(error_body(BAD_REQUEST, str(exc))), JSON)
             else:
                 if request is not None:
-                    self._stream = self.streams.take(transport, request)
+                    self._stream = self.streams.take(transport, request, self.close_soon)
                     return
         if refusal is not None:
             transport.write(refusal)
-            close_soon(transport)
+            self.close_soon()
             return
         # Everything else, an oversized head included (websockets answers it with 431).
         self._websocket = True
@@ -386,7 +389,25 @@ class BridgeConnection(ServerConnection):
         if self._stream is not None:
             self._stream.flush()
 
+    def close_soon(self) -> None:
+        """Close once the buffer is sent; a client that does not read it is cut off after
+        ``CLOSE_TIMEOUT``: it must not hold a socket, nor the kernel its unsent bytes."""
+        assert self._raw is not None
+        self._raw.close()
+        if self._cut is None:
+            self._cut = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._cut_off)
+
+    def _cut_off(self) -> None:
+        self._cut = None
+        assert self._raw is not None
+        sock = self._raw.get_extra_info("socket")
+        if sock is not None:  # a reset, which drops what is unsent instead of lingering
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._raw.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._cut is not None:
+            self._cut.cancel()
         self._head_done()
         if self._stream is not None and self.streams is not None:
             self.streams.release(self._stream)
@@ -397,13 +418,6 @@ class BridgeConnection(ServerConnection):
 def connection_class(streams: EventStreams) -> type[BridgeConnection]:
     """A BridgeConnection that hands event streams to ``streams`` (one bridge's)."""
     return type("BridgeConnection", (BridgeConnection,), {"streams": streams})
-
-
-def close_soon(transport: asyncio.Transport) -> None:
-    """Close once the buffer is sent, or abort after ``CLOSE_TIMEOUT`` if the client does
-    not read it: it must not hold a socket and its buffer after we are done with it."""
-    transport.close()
-    asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
 
 
 # websockets' own open_timeout for the rest of the handshake.

@@ -60,8 +60,14 @@ class ConnectionCaps:
         self.head_count = 0
 
     def head_started(self, address: str) -> bool:
-        """Count a new connection's head; False (not counted) when over the caps."""
-        if self.head_count >= self.total or self.heads[address] >= self.per_address:
+        """Count a new connection's head; False (not counted) when over the caps.
+
+        Heads get their own caps, not the open connections' (a full bridge must still
+        read a request to answer it 503, or ``/healthz``): per address the same, in
+        total an eighth of the connections', which the descriptor reserve of the default
+        cap (see default_max_connections) holds with room to spare.
+        """
+        if self.head_count >= max(1, self.total // 8) or self.heads[address] >= self.per_address:
             return False
         self.heads[address] += 1
         self.head_count += 1

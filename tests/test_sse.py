@@ -4,6 +4,7 @@ what ``curl -N`` and EventSource see, resume with Last-Event-ID, access control,
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import threading
@@ -27,6 +28,7 @@ from test_bridge_auth import HOSTILE, expired
 
 from taskcast import mint_token
 from taskcast.bridge import Bridge
+from taskcast.bridge.http import CLOSE_TIMEOUT
 from taskcast.bridge.sse import (
     StreamRequestError,
     event_message,
@@ -477,3 +479,17 @@ async def test_repeated_headers_and_oversized_heads_are_refused(bridge: Bridge) 
     answer = await asyncio.wait_for(reader.read(), 5)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
     writer.close()
+
+
+async def test_a_stream_whose_client_left_leaves_no_timer_behind(
+    bridge: Bridge, store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ended stream is cut off after CLOSE_TIMEOUT only if its client still holds it;
+    one whose client already closed must not be touched again (that logged errors)."""
+    finished_operation(store, "op-left")
+    stream = await SseStream.open(f"{http_base(bridge)}/api/operations/op-left/events")
+    await stream.wait_ended()
+    await stream.close()
+    await eventually(lambda: not bridge.streams.open)
+    await asyncio.sleep(CLOSE_TIMEOUT + 0.5)  # past the moment the cut-off would have run
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
