@@ -351,11 +351,11 @@ def test_the_cli_takes_a_token_from_the_flag_or_the_environment(
             )
 
         refused = watch("--wait", "0")
-        assert refused.returncode == 1 and "unauthorized" in refused.stderr
+        assert refused.returncode == 5 and "unauthorized" in refused.stderr
         assert watch("--token", token("op-cli")).returncode == 0
         assert watch(TASKCAST_TOKEN=token("op-cli")).returncode == 0
         forbidden = watch("--token", token("op-other"))
-        assert forbidden.returncode == 1 and "forbidden" in forbidden.stderr
+        assert forbidden.returncode == 5 and "forbidden" in forbidden.stderr
         assert token("op-cli") not in "\n".join(bridge.lines)  # tokens are never logged
     finally:
         bridge.stop()
