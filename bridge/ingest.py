@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from taskcast.bridge.celery_events import CeleryEventTranslator
+from taskcast.estimate import Estimates, with_estimate
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
@@ -32,6 +33,9 @@ class CeleryEventIngester:
             settings.result_max_bytes, settings.send_traceback, settings.record_args
         )
         self.store = EventStore.connect(settings, socket_timeout=5, socket_connect_timeout=5)
+        # The time left of tasks that send task-progress, as the producer estimates it
+        # for instrumented ones (this thread is the only one that feeds it).
+        self.estimates = Estimates()
         self.counters = {"stored": 0, "duplicate": 0, "rejected": 0, "failed": 0}
         self._stop = threading.Event()
         self._receiver: Any = None
@@ -59,7 +63,7 @@ class CeleryEventIngester:
         """Store what one Celery event means; store errors are logged, never raised."""
         for item, once in self.translator.translate(event):
             try:
-                seq = self.store.append(item, once)
+                seq = self.store.append(with_estimate(self.estimates, item), once)
             except (redis.RedisError, OSError) as exc:
                 self.counters["failed"] += 1
                 log.warning("could not store a Celery %s event: %s", event.get("type"), exc)

@@ -14,7 +14,7 @@ stops, for up to ``shutdown_timeout`` seconds, so an operation does not stay
 Progress events go through a :class:`~taskcast.tasks.coalesce.Coalescer`; the
 same thread flushes values held back when a task goes quiet. Each progress
 event that is stored (not each call) gets its operation's ``eta`` and ``rate``
-from :class:`~taskcast.tasks.estimate.Estimates`, so merged calls cost nothing more.
+from :class:`~taskcast.estimate.Estimates`, so merged calls cost nothing more.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskcast.events import KIND_NORMAL, TERMINAL_EVENT_TYPES, Event, capped, log_data
+from taskcast.estimate import Estimates, with_estimate
+from taskcast.events import TERMINAL_EVENT_TYPES, Event, capped, log_data
 from taskcast.store import EventStore
 from taskcast.tasks.cancel import ENDED
 from taskcast.tasks.coalesce import Coalescer
-from taskcast.tasks.estimate import Estimates
 from taskcast.tasks.outbox import Outbox
 from taskcast.worker_config import Settings
 
@@ -225,21 +225,7 @@ class Producer:
         value is estimated at its own timestamp and an operation's estimator is
         dropped by the event that ends or restarts it, after its last progress.
         """
-        token = next(self._tokens)
-        data = event.data
-        if event.event_type == "progress":
-            fraction, total = data.get("progress"), data.get("total")
-            if isinstance(fraction, (int, float)):
-                if not isinstance(total, (int, float)):
-                    total = None
-                estimate = self.estimates.update(
-                    event.operation_id, event.timestamp, fraction, total
-                )
-                if estimate is not None:
-                    data = {**data, "eta": estimate.eta, "rate": estimate.rate}
-        elif event.kind != KIND_NORMAL:
-            self.estimates.forget(event.operation_id)
-        return replace(event, token=token, data=data)
+        return replace(with_estimate(self.estimates, event), token=next(self._tokens))
 
     def _append(self, event: Event) -> int:
         """One append and its accounting; raises only on store errors.

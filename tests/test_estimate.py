@@ -15,9 +15,9 @@ from rich.console import Console
 
 from taskcast.bridge import Bridge
 from taskcast.client import TaskcastClient
+from taskcast.estimate import Estimate, Estimates, Estimator
 from taskcast.events import Event, progress_data, status_data
 from taskcast.store import EventStore
-from taskcast.tasks.estimate import Estimate, Estimates, Estimator
 from taskcast.tasks.producer import Producer
 from taskcast.terminal import eta_text, follow
 from taskcast.worker_config import Settings

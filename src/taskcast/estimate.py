@@ -22,7 +22,10 @@ fraction of the time already spent.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import NamedTuple
+
+from taskcast.events import KIND_NORMAL, Event
 
 MIN_SPAN = 1.0  # seconds between the first and the latest point before an estimate is made
 MIN_HORIZON = 5.0  # seconds: the shortest memory of the discounted totals
@@ -122,3 +125,22 @@ class Estimates:
 
     def __len__(self) -> int:
         return len(self._ops)
+
+
+def with_estimate(estimates: Estimates, event: Event) -> Event:
+    """``event`` as it is stored: progress with a value gets its operation's ``eta`` and
+    ``rate`` once estimable; an event that ends or restarts the operation drops its
+    estimator. Feed events in the order they are stored (the producer does, under its
+    lock; so does the Celery-event ingester, on its one thread)."""
+    data = event.data
+    if event.event_type == "progress":
+        fraction, total = data.get("progress"), data.get("total")
+        if isinstance(fraction, (int, float)):
+            if not isinstance(total, (int, float)):
+                total = None
+            estimate = estimates.update(event.operation_id, event.timestamp, fraction, total)
+            if estimate is not None:
+                return replace(event, data={**data, "eta": estimate.eta, "rate": estimate.rate})
+    elif event.kind != KIND_NORMAL:
+        estimates.forget(event.operation_id)
+    return event
