@@ -42,15 +42,21 @@ STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 def _client(
     url: str, cluster: bool, socket_timeout: float, max_connections: int
 ) -> aioredis.Redis:
-    """A bytes client that fails fast (one quick retry) so commands never hang on an outage."""
+    """A bytes client that fails fast (one quick retry) so commands never hang on an outage.
+
+    ``max_connections`` caps a single server's pool, which waits for a free
+    connection. A Cluster client's per-node cap would instead fail every call once
+    reached, and after a node restart the connections it has not released yet can
+    keep it there: the Cluster client keeps its own (unbounded) default.
+    """
     options: dict[str, Any] = {
-        "max_connections": max_connections,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": min(socket_timeout, 2.0),
         "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
         "decode_responses": False,
     }
     if not cluster:
+        options["max_connections"] = max_connections
         options["timeout"] = socket_timeout  # waiting for a free connection of the pool
     return async_store_client(url, cluster, **options)
 

@@ -105,6 +105,7 @@ def test_task_completes_fast_while_the_event_store_is_down_and_its_events_follow
         assert tasks.producer_stats()["outbox"] == 0
         after = task_app.send_task("test.plain_add", kwargs={"a": 1, "b": 2})
         assert after.get(timeout=10) == 3
+        wait_finished(store, after.id)  # Celery stores the result before task_success runs
         assert summary(events_of(store, after.id)) == [
             "status:queued",
             "status:running",
