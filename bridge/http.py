@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers, MultipleValuesError
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from taskcast.bridge.access import Grant, TokenRejected, origin_allowed, request_token
@@ -36,7 +36,7 @@ from taskcast.bridge.commands import (
 )
 from taskcast.bridge.limits import client_address, client_address_of
 from taskcast.bridge.reader import STORE_ERRORS
-from taskcast.bridge.sse import StreamRequestError, parse_stream_request
+from taskcast.bridge.sse import SINGLE_HEADERS, StreamRequestError, parse_stream_request
 from taskcast.protocol import (
     BAD_REQUEST,
     FORBIDDEN,
@@ -147,14 +147,12 @@ class HttpRoutes:
         self.static_dir = static_dir
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
-        try:
-            origin = request.headers.get("Origin")
-            host = request.headers.get("Host")
-            request.headers.get("Authorization")
-        except MultipleValuesError as exc:
-            # Which of two Origins (or tokens) counts would be a guess an attacker steers.
-            return error_response(400, BAD_REQUEST, f"the {exc} header must be sent once")
-        if not origin_allowed(self.bridge.settings, origin, host):
+        # Which of two Origins (or tokens) counts would be a guess an attacker steers.
+        for name in SINGLE_HEADERS:
+            if len(request.headers.get_all(name)) > 1:
+                return error_response(400, BAD_REQUEST, f"the {name} header must be sent once")
+        origin = request.headers.get("Origin")
+        if not origin_allowed(self.bridge.settings, origin, request.headers.get("Host")):
             return error_response(403, FORBIDDEN, ORIGIN_REFUSED)
         answer = await self._answer(connection, request)
         if answer is not None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from taskcast.bridge.celery_events import CeleryEventTranslator
-from taskcast.estimate import Estimates, with_estimate
+from taskcast.estimate import Estimates, estimated_data
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
@@ -63,7 +64,8 @@ class CeleryEventIngester:
         """Store what one Celery event means; store errors are logged, never raised."""
         for item, once in self.translator.translate(event):
             try:
-                seq = self.store.append(with_estimate(self.estimates, item), once)
+                stored = replace(item, data=estimated_data(self.estimates, item))
+                seq = self.store.append(stored, once)
             except (redis.RedisError, OSError) as exc:
                 self.counters["failed"] += 1
                 log.warning("could not store a Celery %s event: %s", event.get("type"), exc)

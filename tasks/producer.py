@@ -36,7 +36,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from taskcast.estimate import Estimates, with_estimate
+from taskcast.estimate import Estimates, estimated_data
 from taskcast.events import TERMINAL_EVENT_TYPES, Event, capped, log_data
 from taskcast.store import EventStore
 from taskcast.tasks.cancel import ENDED
@@ -225,7 +225,8 @@ class Producer:
         value is estimated at its own timestamp and an operation's estimator is
         dropped by the event that ends or restarts it, after its last progress.
         """
-        return replace(with_estimate(self.estimates, event), token=next(self._tokens))
+        data = estimated_data(self.estimates, event)
+        return replace(event, token=next(self._tokens), data=data)
 
     def _append(self, event: Event) -> int:
         """One append and its accounting; raises only on store errors.

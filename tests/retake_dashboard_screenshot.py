@@ -25,7 +25,8 @@ from bridge_helpers import RestartableBridge
 from celery import Celery, group
 from helpers import ROOT_DIR
 from playwright.sync_api import Page, expect
-from test_dashboard_browser import browser, page, page_url, row_of, wait_state
+from test_dashboard_browser import browser, open_dashboard, page, page_url, row_of, wait_state
+from test_groups import steps
 
 from taskcast.events import Event, status_data
 from taskcast.store import EventStore
@@ -113,8 +114,7 @@ def test_retake_docs_dashboard_png(
     store: EventStore,
 ) -> None:
     worker = worker_process(concurrency=3)
-    page.goto(page_url(restartable_bridge))
-    wait_state(page, "#connection[data-state=open]")
+    open_dashboard(page, page_url(restartable_bridge))
     starting, stop = threading.Event(), threading.Event()
     starting.set()
     traffic = threading.Thread(target=simulate, args=(store, starting, stop))
@@ -123,7 +123,7 @@ def test_retake_docs_dashboard_png(
         stop.wait(TRAFFIC_SECONDS - 15)
         starting.clear()  # the group stays the newest row, at the top
         members = [
-            task_app.signature("test.steps", kwargs={"count": 40, "delay": 0.4}, queue=worker.queue)
+            steps(task_app, worker.queue, count=40, delay=0.4)
             for _ in range(4)
         ]
         result = group(members).apply_async()

@@ -98,6 +98,12 @@ def wait_state(page: Page, selector: str, timeout_ms: int = TIMEOUT_MS) -> None:
     page.locator(selector).wait_for(state="attached", timeout=timeout_ms)
 
 
+def open_dashboard(page: Page, url: str) -> None:
+    """Load the dashboard at ``url`` and wait until its connection is open."""
+    page.goto(url)
+    wait_state(page, "#connection[data-state=open]")
+
+
 def seen(page: Page) -> dict[str, Any]:
     return page.evaluate("window.__seen")
 
@@ -125,8 +131,7 @@ def screenshot(page: Page, name: str) -> None:
 def test_task_progress_shows_live_then_detail_log_matches_redis(
     page: Page, restartable_bridge: RestartableBridge, task_app: Celery, store: EventStore
 ) -> None:
-    page.goto(page_url(restartable_bridge))
-    wait_state(page, "#connection[data-state=open]")
+    open_dashboard(page, page_url(restartable_bridge))
 
     result = task_app.send_task("demo.generate_code", kwargs={"lines": 10, "delay": 0.12})
     row = f"[data-testid=operation-row][data-operation-id='{result.id}']"
@@ -161,8 +166,7 @@ def test_page_reconnects_after_bridge_restart_and_shows_every_event_once(
     signum: signal.Signals,
 ) -> None:
     result = task_app.send_task("demo.generate_code", kwargs={"lines": 25, "delay": 0.12})
-    page.goto(page_url(restartable_bridge, result.id))
-    wait_state(page, "#connection[data-state=open]")
+    open_dashboard(page, page_url(restartable_bridge, result.id))
     wait_state(page, "#detail[data-status=processing]:not([data-progress='0'])")
 
     restartable_bridge.stop(signum)
@@ -212,8 +216,7 @@ def test_a_monitor_token_from_the_link_follows_a_task_to_completion(
     page: Page, secured_bridge: RestartableBridge, task_app: Celery, store: EventStore
 ) -> None:
     monitor = token("monitor")
-    page.goto(page_url(secured_bridge, token=monitor))
-    wait_state(page, "#connection[data-state=open]")
+    open_dashboard(page, page_url(secured_bridge, token=monitor))
     assert "token" not in page.url, f"the token stayed in the address bar: {page.url}"
     assert page.evaluate("sessionStorage.getItem('taskcast.token')") == monitor
     expect(page.get_by_test_id("access-scopes")).to_have_text("monitor")
@@ -333,8 +336,7 @@ def test_clicking_cancel_revokes_the_running_task(
     page: Page, secured_bridge: RestartableBridge, task_app: Celery, store: EventStore
 ) -> None:
     operator = token("monitor", "cancel")
-    page.goto(page_url(secured_bridge, token=operator))
-    wait_state(page, "#connection[data-state=open]")
+    open_dashboard(page, page_url(secured_bridge, token=operator))
     result = task_app.send_task("demo.generate_code", kwargs={"lines": 150, "delay": 0.1})
     row = row_of(result.id)
     wait_state(page, f"{row}[data-status=processing]:not([data-progress='0'])")

@@ -7,7 +7,16 @@ from bridge_helpers import RestartableBridge
 from celery import Celery, group
 from helpers import wait_finished
 from playwright.sync_api import Page, expect
-from test_dashboard_browser import browser, page, page_url, screenshot, seen, wait_state
+from test_dashboard_browser import (
+    browser,
+    open_dashboard,
+    page,
+    page_url,
+    screenshot,
+    seen,
+    wait_state,
+)
+from test_groups import steps
 
 from taskcast.store import EventStore
 
@@ -22,11 +31,10 @@ def test_a_group_is_one_row_with_a_combined_bar_that_expands_to_its_members(
     store: EventStore,
 ) -> None:
     worker = worker_process(concurrency=3)
-    page.goto(page_url(restartable_bridge))
-    wait_state(page, "#connection[data-state=open]")
+    open_dashboard(page, page_url(restartable_bridge))
 
     members = [
-        task_app.signature("test.steps", kwargs={"count": 5, "delay": 0.1}, queue=worker.queue)
+        steps(task_app, worker.queue, count=5, delay=0.1)
         for _ in range(5)
     ]
     result = group(members).apply_async()

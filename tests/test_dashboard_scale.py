@@ -21,7 +21,15 @@ import time
 from bridge_helpers import RestartableBridge
 from helpers import ROOT_DIR
 from playwright.sync_api import Page, expect
-from test_dashboard_browser import browser, page, page_url, row_of, screenshot, wait_state
+from test_dashboard_browser import (
+    browser,
+    open_dashboard,
+    page,
+    page_url,
+    row_of,
+    screenshot,
+    wait_state,
+)
 
 from taskcast.events import Event, status_data
 from taskcast.store import EventStore
@@ -158,8 +166,7 @@ def test_the_chart_shows_events_per_second_while_events_flow(
     running = [f"chart-{number}" for number in range(3)]
     for operation_id in running:
         store.append(Event("status", operation_id, status_data("running"), operation_type="t"))
-    page.goto(page_url(restartable_bridge))
-    wait_state(page, "#connection[data-state=open]")
+    open_dashboard(page, page_url(restartable_bridge))
     chart = page.get_by_test_id("chart-events")
     expect(chart.locator(".chart-line")).to_have_attribute("d", re.compile("^M"))  # a first sample
     expect(chart).to_have_attribute("data-current", "0")
@@ -213,8 +220,7 @@ def test_a_burst_of_new_operations_is_looked_up_without_hitting_the_rate_limit(
     """400 operations the page never saw start at once: their snapshots (here: their type)
     arrive through a listing, not 400 get_operation commands the bridge would refuse past
     its command rate."""
-    page.goto(page_url(restartable_bridge))
-    wait_state(page, "#connection[data-state=open]")
+    open_dashboard(page, page_url(restartable_bridge))
     count = 400
     store.append_many(
         [

@@ -22,8 +22,7 @@ fraction of the time already spent.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from taskcast.events import KIND_NORMAL, Event
 
@@ -127,11 +126,12 @@ class Estimates:
         return len(self._ops)
 
 
-def with_estimate(estimates: Estimates, event: Event) -> Event:
-    """``event`` as it is stored: progress with a value gets its operation's ``eta`` and
-    ``rate`` once estimable; an event that ends or restarts the operation drops its
-    estimator. Feed events in the order they are stored (the producer does, under its
-    lock; so does the Celery-event ingester, on its one thread)."""
+def estimated_data(estimates: Estimates, event: Event) -> dict[str, Any]:
+    """``event``'s data as it is stored: progress with a value gets its operation's ``eta``
+    and ``rate`` once estimable (a new dict; otherwise the same one); an event that ends
+    or restarts the operation drops its estimator. Feed events in the order they are
+    stored (the producer does, under its lock; so does the Celery-event ingester, on its
+    one thread)."""
     data = event.data
     if event.event_type == "progress":
         fraction, total = data.get("progress"), data.get("total")
@@ -140,7 +140,7 @@ def with_estimate(estimates: Estimates, event: Event) -> Event:
                 total = None
             estimate = estimates.update(event.operation_id, event.timestamp, fraction, total)
             if estimate is not None:
-                return replace(event, data={**data, "eta": estimate.eta, "rate": estimate.rate})
+                return {**data, "eta": estimate.eta, "rate": estimate.rate}
     elif event.kind != KIND_NORMAL:
         estimates.forget(event.operation_id)
-    return event
+    return data
