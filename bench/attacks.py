@@ -136,11 +136,20 @@ class Version:
     commit: str
     source: Path
 
+    @property
+    def top_level(self) -> bool:
+        """The old layout (b119f4a): a top-level ``bridge`` package run from the tree."""
+        return not (self.source / "src" / "taskcast").is_dir()
+
     def command(self, redis_url: str) -> list[str]:
-        if self.name == "before":
+        if self.top_level:
             return [sys.executable, "-m", "bridge", "serve", "--port", "0"]
+        # A checkout of the current layout runs from a venv of its own (an editable
+        # install maps its folders into the taskcast namespace); this tree, from ours.
+        venv = self.source / ".venv" / "bin" / "python"
+        python = str(venv) if self.name == "before" and venv.exists() else sys.executable
         return [
-            sys.executable, "-m", "taskcast", "serve", "--port", "0",
+            python, "-m", "taskcast", "serve", "--port", "0",
             "--redis-url", redis_url, "--prefix", PREFIX,
         ]
 
@@ -151,7 +160,7 @@ class Version:
         }
         env.pop("PYTHONPATH", None)
         env.update(TASKCAST_REDIS_URL=redis_url, TASKCAST_PREFIX=PREFIX, **extra)
-        if self.name == "before":
+        if self.top_level:
             env["PYTHONPATH"] = str(self.source)
         return env
 
@@ -340,8 +349,12 @@ def http_exchange(
     return HttpReply(int(lines[0].split(" ")[1]), headers, body, elapsed)
 
 
-def http_get(port: int, method: str, path: str, extra: str = "") -> bytes:
-    return f"{method} {path} HTTP/1.1\r\nHost: {TARGET}:{port}\r\n{extra}\r\n".encode()
+def http_get(
+    port: int, method: str, path: str, extra: str = "", host: str | None = None
+) -> bytes:
+    """A request head; ``host`` replaces the bridge's own ``Host`` (a rebound name, say)."""
+    host = host or f"{TARGET}:{port}"
+    return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
 
 
 async def open_client(url: str, **kwargs: Any) -> ClientConnection:
@@ -477,23 +490,30 @@ async def memory_attack(bridge: BridgeProcess, variant: str) -> dict[str, Any]:
 # -- 2. connection flood ---------------------------------------------------------------
 
 
-def handshake(port: int) -> bytes:
+def handshake(port: int, path: str = "/ws", extra: str = "", host: str | None = None) -> bytes:
+    """A WebSocket upgrade request by hand; ``extra`` header lines (``Origin: ...\\r\\n``)."""
     key = base64.b64encode(secrets.token_bytes(16)).decode()
-    return (
-        f"GET /ws HTTP/1.1\r\nHost: {TARGET}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
+    return http_get(port, "GET", path, (
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}"
+    ), host)
 
 
 class HealthProbe:
-    """GET /healthz every 250 ms from another loopback address, in a thread.
+    """GET /healthz every ``interval`` s from another loopback address, in a thread.
 
     A thread with blocking sockets, so the latency measured is the bridge's and
     not this process's event loop, which is busy opening connections.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(
+        self, port: int, interval: float = 0.25, timeout: float = 2.0,
+        source: str = PROBE_SOURCE,
+    ) -> None:
         self.port = port
+        self.interval = interval
+        self.timeout = timeout
+        self.source = source
         self.replies: list[HttpReply] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -509,8 +529,8 @@ class HealthProbe:
     def _run(self) -> None:
         request = http_get(self.port, "GET", "/healthz")
         while not self._stop.is_set():
-            self.replies.append(http_exchange(self.port, request, 2.0, PROBE_SOURCE))
-            self._stop.wait(0.25)
+            self.replies.append(http_exchange(self.port, request, self.timeout, self.source))
+            self._stop.wait(self.interval)
 
     def summary(self) -> dict[str, Any]:
         good = [reply.seconds * 1000 for reply in self.replies if reply.status == 200]
@@ -797,6 +817,97 @@ def http_hygiene(port: int) -> dict[str, Any]:
 
 # -- running ---------------------------------------------------------------------------
 
+# -- 7. replies nobody reads; 8. unfinished request heads (issue 18) -------------------
+
+
+REPLY_CLIENTS = 100
+REPLY_PINGS = 20_000
+REPLY_HOLD = 10.0  # seconds the clients stay connected, reading nothing
+REPLY_AFTER = 8.0  # seconds after they left when RSS is read again
+SMALL_RCVBUF = 4096
+HEAD_SOURCES = [f"127.0.0.{n}" for n in range(3, 7)]
+HEADS_PER_SOURCE = 600
+HEADS_SECONDS = 20.0
+HALF_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+
+
+async def unread_replies(bridge: BridgeProcess) -> dict[str, Any]:
+    """100 token-less connections each write 20,000 pings and read nothing (4 KiB buffers)."""
+    ping = orjson.dumps({"command": "ping"})
+    clients = []
+    for _ in range(REPLY_CLIENTS):
+        ws = await open_client(bridge.url)
+        sock = ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF)
+        ws.transport.pause_reading()
+        clients.append(ws)
+    with RssSampler(bridge) as sampler, HealthProbe(bridge.port) as health:
+        started = time.monotonic()
+        baseline = bridge.rss()
+        for ws in clients:
+            for _ in range(REPLY_PINGS):
+                ws.protocol.send_text(ping)
+            ws.transport.write(b"".join(ws.protocol.data_to_send()))
+        await asyncio.sleep(REPLY_HOLD)
+        for ws in clients:
+            ws.transport.abort()
+        left = time.monotonic()
+        await asyncio.sleep(REPLY_AFTER)
+        peak = sampler.peak(started, time.monotonic())
+        probes = health.summary()
+    return {
+        "rss_baseline_mib": mib(baseline),
+        "rss_peak_mib": mib(peak),
+        "rss_after_mib": mib(bridge.rss()),
+        "cpu_seconds": round(bridge.cpu_seconds(), 1),
+        "attack_seconds": round(left - started, 1),
+        **probes,
+    }
+
+
+async def half_heads(bridge: BridgeProcess, sources: list[str], per_source: int) -> dict[str, Any]:
+    """Sockets that send half a request head and stop, re-opened whenever the bridge drops
+    one, from several loopback addresses, while /healthz is probed from another."""
+    opened = dropped = 0
+    deadline = time.monotonic() + HEADS_SECONDS
+
+    async def hold(source: str) -> None:
+        nonlocal opened, dropped
+        while time.monotonic() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    TARGET, bridge.port, local_addr=(source, 0)
+                )
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            opened += 1
+            writer.write(HALF_HEAD)
+            with contextlib.suppress(asyncio.TimeoutError, OSError):
+                await asyncio.wait_for(reader.read(), deadline - time.monotonic())
+                dropped += 1
+            writer.transport.abort()
+
+    with HealthProbe(bridge.port) as health:
+        await asyncio.gather(*(hold(source) for source in sources for _ in range(per_source)))
+        probes = health.summary()
+    return {"sockets": len(sources) * per_source, "opened": opened, "dropped": dropped, **probes}
+
+
+async def run_replies(version: Version, redis_url: str) -> dict[str, Any]:
+    with running_bridge(version, redis_url) as bridge:
+        return await unread_replies(bridge)
+
+
+async def run_heads(version: Version, redis_url: str) -> dict[str, Any]:
+    """Four addresses at the machine's fd limit; one address at the common 1024."""
+    with running_bridge(version, redis_url) as bridge:
+        four = await half_heads(bridge, HEAD_SOURCES, HEADS_PER_SOURCE)
+    with running_bridge(version, redis_url, nofile=COMMON_FD_LIMIT) as bridge:
+        one = await half_heads(bridge, HEAD_SOURCES[:1], 110)
+    return {"four": four, "fd1024": one}
+
+
 Attack = Callable[[Version, str], Awaitable[dict[str, Any]]]
 
 
@@ -851,6 +962,8 @@ ATTACKS: dict[str, tuple[Attack, float]] = {  # name -> (run, time limit in seco
     "events": (run_events, 90),
     "access": (run_access, 60),
     "http": (run_http, 60),
+    "replies": (run_replies, 120),
+    "heads": (run_heads, 120),
 }
 
 
@@ -948,6 +1061,12 @@ ROWS = [
     Row("6 http", "POST /api/operations with a body", ("http", "post_with_body"), ""),
     Row("6 http", "POST chunked", ("http", "post_chunked"), ""),
     Row("6 http", "Server header", ("http", "server_header"), "what a scanner learns"),
+    Row("7 unread replies", "RSS baseline / peak / 8 s after, MiB", ("replies",),
+        "100 token-less clients x 20,000 pings, reading nothing (4 KiB receive buffers)"),
+    Row("7 unread replies", "/healthz ok / probes", ("replies",), "meanwhile"),
+    Row("7 unread replies", "bridge CPU, s", ("replies", "cpu_seconds"), "whole run"),
+    Row("8 half heads", "/healthz ok / probes", ("heads",),
+        "four: 600 sockets from each of 4 addresses; fd1024: 110 from one, fd limit 1024"),
 ]
 
 
@@ -979,6 +1098,10 @@ def cell(row: Row, results: dict[str, Any] | None) -> str:
         return f"error: {top['error'][:60]}"
     if row.path[0] == "flood":
         return flood_cell(row, top or {})
+    if row.attack.startswith("7") and row.figure.startswith("RSS"):
+        m = top or {}
+        figures = ("rss_baseline_mib", "rss_peak_mib", "rss_after_mib")
+        return " / ".join(fmt(m.get(name)) for name in figures)
     if row.figure.startswith("RSS baseline"):
         m = lookup(results, row.path) or {}
         figures = ("rss_baseline_mib", "rss_peak_mib", "rss_after_10s_mib")
@@ -994,6 +1117,13 @@ def cell(row: Row, results: dict[str, Any] | None) -> str:
         events = top or {}
         pick = events.get("producer") or events.get("raw") or {}
         return f"{fmt(pick.get('frame_bytes'))} ({pick.get('seconds')} s)"
+    if row.figure.startswith("/healthz ok"):
+        runs = {"": top} if row.attack.startswith("7") else (top or {})
+        return "\n".join(
+            f"{name + ': ' if name else ''}{run.get('healthz_ok')} / {run.get('healthz_probes')}"
+            for name, run in runs.items()
+            if isinstance(run, dict)
+        )
     if row.figure.startswith("HEAD"):
         h = top or {}
         return f"{h.get('head_status')}, {h.get('head_body_bytes')}"
@@ -1055,7 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
     versions: dict[str, Version] = {}
     if args.before is not None:
         if not (args.before / "bridge" / "server.py").is_file():
-            parser.error(f"{args.before} is not a worktree of {BEFORE_COMMIT}")
+            parser.error(f"{args.before} is not a taskcast worktree")
         versions["before"] = Version("before", git_head(args.before), args.before.resolve())
     versions["after"] = Version("after", git_head(ROOT), ROOT)
     results = {

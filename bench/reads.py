@@ -2,9 +2,11 @@
 
 ``get_stats``' counts, ``list_operations status=active`` and the lost-worker
 sweep used to read every operation's snapshot; the append script now keeps
-the unfinished ids in a set of their own. This times each read as the bridge
-does it (its async reader) against the full scan it replaced, measured in the
-same run on the same data, and prints medians in milliseconds.
+the unfinished ids in a set of their own. ``list_operations operation_type``
+reads the indexes the append keeps per type instead of every operation. This
+times each read as the bridge does it (its async reader) against the full scan
+it replaced (or, for the type filter, that a client without it would make),
+measured in the same run on the same data, and prints medians in milliseconds.
 """
 
 from __future__ import annotations
@@ -23,19 +25,33 @@ from rich.table import Table
 from taskcast.bridge.reader import StoreReader
 from taskcast.embedded_redis import EmbeddedRedis
 from taskcast.events import Event, status_data
+from taskcast.keys import matches
 from taskcast.liveness import sweep_lost
 from taskcast.store import EventStore
 
 PREFIX = "reads:"
 ACTIVE_SHARE = 100  # the oldest 1% still run: a scan for them must read everything
 REPEATS = 15
+# One operation in 100 of each of two report types (the prefix ``reports.*`` finds
+# both), one in 5,000 of a rare one (fewer than a page: a scan reads everything),
+# the rest spread over ten other types.
+RARE_SHARE = 5000
+
+
+def type_of(n: int) -> str:
+    """The operation type of the ``n``-th operation (see above)."""
+    if n % RARE_SHARE == 7:
+        return "reports.rare"
+    if n % 100 in (0, 50):
+        return "reports.daily" if n % 100 == 0 else "reports.weekly"
+    return f"bench.kind{n % 10}"
 
 
 def fill(store: EventStore, operations: int) -> None:
     """``operations`` operations, queued then running; all but the oldest 1% completed."""
     for n in range(operations):
         op = f"op{n}"
-        store.append(Event("status", op, status_data("queued"), operation_type="bench"))
+        store.append(Event("status", op, status_data("queued"), operation_type=type_of(n)))
         store.append(Event("status", op, status_data("running", details={"worker": "w"})))
         if n >= operations // ACTIVE_SHARE:
             store.append(Event("completed", op, {"status": "completed"}))
@@ -59,8 +75,19 @@ async def full_scan_counts(reader: StoreReader) -> tuple[int, int]:
 async def full_scan_active(reader: StoreReader, limit: int) -> int:
     """What list_operations status=active did before: snapshots of the whole index."""
     found = start = 0
-    while found < limit and (snapshots := await reader._snapshots(None, start, start + 99)):
+    index = reader.keys.indexes
+    while found < limit and (snapshots := await reader._snapshots(index, start, start + 99)):
         found += sum(1 for s in snapshots if s["status"] != "completed")
+        start += 100
+    return found
+
+
+async def full_scan_type(reader: StoreReader, operation_type: str, limit: int) -> int:
+    """A listing by type without the type indexes: snapshots of the index until found."""
+    found = start = 0
+    index = reader.keys.indexes
+    while found < limit and (snapshots := await reader._snapshots(index, start, start + 99)):
+        found += sum(1 for s in snapshots if matches(s, None, operation_type))
         start += 100
     return found
 
@@ -80,6 +107,8 @@ async def measure(url: str, operations: int) -> list[tuple[str, float, float]]:
     try:
         counts = await reader.operation_counts()
         assert counts == await full_scan_counts(reader), counts
+        rare = await reader.operations(None, 50, 0, "reports.rare")
+        assert len(rare) == await full_scan_type(reader, "reports.rare", 50), len(rare)
         rows = [
             (
                 "get_stats counts",
@@ -91,6 +120,14 @@ async def measure(url: str, operations: int) -> list[tuple[str, float, float]]:
                 await median_ms(lambda: reader.operations("active", 50)),
                 await median_ms(lambda: full_scan_active(reader, 50)),
             ),
+            *[
+                (
+                    f"list_operations type {kind}, limit 50",
+                    await median_ms(lambda kind=kind: reader.operations(None, 50, 0, kind)),
+                    await median_ms(lambda kind=kind: full_scan_type(reader, kind, 50)),
+                )
+                for kind in ("reports.daily", "reports.*", "reports.rare")
+            ],
             (
                 "lost-worker sweep (its first 1000 active)",
                 await median_ms(lambda: asyncio.to_thread(sweep_lost, store, 3600.0)),

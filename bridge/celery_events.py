@@ -51,10 +51,12 @@ class CeleryEventTranslator:
     """
 
     def __init__(
-        self, result_max_bytes: int = 65536, send_traceback: bool = False, record_args: bool = True
+        self, result_max_bytes: int = 65536, send_traceback: bool = False, record_args: bool = False
     ) -> None:
         self.result_max_bytes = result_max_bytes
         self.send_traceback = send_traceback
+        # Celery's task-sent and task-received carry argsrepr/kwargsrepr as args/kwargs,
+        # never the values: a publisher's override (to hide a secret) is what is kept.
         self.recorded = ("args", "kwargs", "eta") if record_args else ("eta",)
 
     def translate(self, event: Mapping[str, Any]) -> list[tuple[Event, str]]:

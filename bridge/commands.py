@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "subscribe_all": ("operation_type",),
     "unsubscribe_all": (),
     "get_operation": ("operation_id",),
-    "list_operations": ("status", "limit", "offset"),
+    "list_operations": ("status", "limit", "offset", "operation_type"),
     "get_stats": (),
     "ping": (),
     "auth": ("token",),
@@ -138,6 +138,11 @@ def list_status(value: Any) -> str | None:
     return _text(value, "status", MAX_STATUS_LENGTH, required=False)
 
 
+def list_type(value: Any) -> str | None:
+    """``list_operations``' type filter: a type, or a prefix ending in ``*`` (``reports.*``)."""
+    return _text(value, "operation_type", MAX_ID_LENGTH, required=False)
+
+
 def parse_command(raw: str | bytes) -> Command:
     """Validate one inbound frame; raise :class:`CommandError` if it is not a usable command."""
     try:
@@ -167,9 +172,7 @@ def parse_command(raw: str | bytes) -> Command:
         if "epoch" in fields:
             values["epoch"] = _text(message.get("epoch"), "epoch", MAX_EPOCH_LENGTH, required=False)
         if "operation_type" in fields:
-            values["operation_type"] = _text(
-                message.get("operation_type"), "operation_type", MAX_ID_LENGTH, required=False
-            )
+            values["operation_type"] = list_type(message.get("operation_type"))
         if "status" in fields:
             values["status"] = list_status(message.get("status"))
         if "limit" in fields:
@@ -189,7 +192,17 @@ def encode(body: dict[str, Any], request_id: RequestId | None = None) -> bytes:
     """A reply frame: ``body`` plus the echoed ``request_id`` when the command had one."""
     if request_id is not None:
         body["request_id"] = request_id
-    return orjson.dumps(body, default=str)
+    return exact(orjson.dumps(body, default=str))
+
+
+def exact(data: bytes) -> bytes:
+    """``data`` in an allocation of its own size.
+
+    orjson returns its working buffer, which holds 4 KiB for a 100-byte reply and
+    up to ten times a large one's length; a frame queued for a client that reads
+    slowly would hold all of that while being charged for its length.
+    """
+    return memoryview(data).tobytes()
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -207,19 +220,21 @@ def not_found_message(operation_id: str) -> str:
 def connected_frame(client_id: str, server: str, now: float | None = None) -> bytes:
     """The first frame on every connection (PROTOCOL.md's ``connected`` event)."""
     now = time.time() if now is None else now
-    return orjson.dumps(
-        {
-            "event_type": "connected",
-            "operation_id": "system",
-            "timestamp": now,
-            "data": {
-                "message": "Connected to the taskcast bridge",
-                "client_id": client_id,
-                "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat(),
-                "protocol": PROTOCOL_VERSION,
-                "server": server,
-            },
-        }
+    return exact(
+        orjson.dumps(
+            {
+                "event_type": "connected",
+                "operation_id": "system",
+                "timestamp": now,
+                "data": {
+                    "message": "Connected to the taskcast bridge",
+                    "client_id": client_id,
+                    "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+                    "protocol": PROTOCOL_VERSION,
+                    "server": server,
+                },
+            }
+        )
     )
 
 

@@ -16,12 +16,13 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from taskcast.bridge.access import TokenRejected, origin_allowed, request_token
+from taskcast.bridge.access import Grant, TokenRejected, permits, request_token
 from taskcast.bridge.commands import Command, CommandError, encode, error_body, error_frame
 from taskcast.bridge.http import (
     CAP_REFUSALS,
-    ORIGIN_REFUSED,
+    browser_refusal,
     cors_headers,
     raw_response,
 )
@@ -54,6 +55,7 @@ WRITE_LIMIT = 32 * 1024
 SLOW_READER_GRACE = 10.0
 STORE_DOWN = "event store (Redis) is unreachable; retry later"
 TOKEN_REQUIRED = "a token is required (Authorization: Bearer, or ?token= for EventSource)"
+NOT_ALLOWED = "your token does not allow this"
 
 
 class EventStream(Connection):
@@ -217,12 +219,15 @@ class EventStreams:
         """Start serving ``request`` on ``transport``, or refuse it (HTTP error, then
         ``close``): None.
 
-        The checks are the WebSocket's: origin, connection caps, token and scope.
+        The checks are the WebSocket's: host and origin, connection caps, token and scope
+        (an operation's read scope once the stream is open, since a group's member needs
+        a store read: a refusal is then still the stream's 403 head).
         """
         bridge = self.bridge
         origin = request.header("origin")
-        allowed = origin_allowed(bridge.settings, origin, request.header("host"))
-        cors = cors_headers(bridge.settings, origin) if allowed else []
+        path = urlsplit(request.path).path
+        refusal = browser_refusal(bridge.browsers, path, origin, request.header("host"))
+        cors = cors_headers(bridge.browsers, path, origin) if refusal is None else []
         address = client_address_of(transport)
 
         def refuse(status: int, code: str, message: str) -> EventStream | None:
@@ -231,8 +236,8 @@ class EventStreams:
             close()
             return None
 
-        if not allowed:
-            return refuse(403, FORBIDDEN, ORIGIN_REFUSED)
+        if refusal is not None:
+            return refuse(*refusal)
         cap = bridge.caps.refusal(address)
         if cap is not None:
             return refuse(cap, *CAP_REFUSALS[cap])
@@ -244,8 +249,8 @@ class EventStreams:
         if grant is None:
             return refuse(401, UNAUTHORIZED, TOKEN_REQUIRED)
         operation_id = request.operation_id
-        if not (grant.reads(operation_id) if operation_id is not None else grant.monitors()):
-            return refuse(403, FORBIDDEN, "your token does not allow this")
+        if operation_id is None and not grant.monitors():
+            return refuse(403, FORBIDDEN, NOT_ALLOWED)
         stream = EventStream(self, transport, address, request, cors, close)
         transport.set_write_buffer_limits(high=WRITE_LIMIT - 1, low=WRITE_LIMIT // 4)
         bridge.caps.opened(address)
@@ -266,11 +271,15 @@ class EventStreams:
             command = Command(
                 "subscribe", operation_id=operation_id, since=request.since, epoch=request.epoch
             )
-            bridge.spawn(self._subscribe(stream, command))
+            bridge.spawn(self._subscribe(stream, command, grant))
         return stream
 
-    async def _subscribe(self, stream: EventStream, command: Command) -> None:
+    async def _subscribe(self, stream: EventStream, command: Command, grant: Grant) -> None:
+        assert command.operation_id is not None
         try:
+            if not await permits(grant, "read", command.operation_id, self.bridge.reader):
+                self.bridge.hub.send(stream, error_frame(FORBIDDEN, NOT_ALLOWED))
+                return
             await self.bridge.subscribe(stream, command)
         except CommandError as exc:
             self.bridge.hub.send(stream, exc.frame())

@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from taskcast.bridge.access import Grant, TokenRejected, origin_allowed, request_token
+from taskcast.bridge.access import BrowserPolicy, Grant, TokenRejected, permits, request_token
 from taskcast.bridge.commands import (
     MAX_ID_LENGTH,
     CommandError,
@@ -32,9 +32,10 @@ from taskcast.bridge.commands import (
     list_limit,
     list_offset,
     list_status,
+    list_type,
     not_found_message,
 )
-from taskcast.bridge.limits import client_address, client_address_of
+from taskcast.bridge.limits import IDLE_HEAD_TIMEOUT, client_address, client_address_of
 from taskcast.bridge.reader import STORE_ERRORS
 from taskcast.bridge.sse import SINGLE_HEADERS, StreamRequestError, parse_stream_request
 from taskcast.protocol import (
@@ -49,7 +50,6 @@ from taskcast.protocol import (
 if TYPE_CHECKING:
     from taskcast.bridge.event_stream import EventStream, EventStreams
     from taskcast.bridge.server import Bridge
-    from taskcast.worker_config.settings import Settings
 
 WEBSOCKET_PATHS = frozenset({"/", "/ws"})
 CONTENT_TYPES = {
@@ -70,7 +70,33 @@ _STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 _OPERATION_PREFIX = "/api/operations/"
 _CANCEL_SUFFIX = "/cancel"
 ONLY_GET = "only GET and HEAD are supported"
-ORIGIN_REFUSED = "this origin is not allowed (TASKCAST_ALLOWED_ORIGINS)"
+SMALL_BODY = 1024
+BUSY = "the bridge holds all it may for its clients (TASKCAST_MAX_BUFFERED_BYTES); retry"
+ORIGIN_REFUSED = (
+    "this origin is not allowed: pages on other origins than the bridge's need "
+    "TASKCAST_ALLOWED_ORIGINS"
+)
+METRICS_ORIGIN_REFUSED = "/metrics is not served to pages on other origins"
+HOST_REFUSED = (
+    "this Host is not a name of the bridge (refused against DNS rebinding): add it to "
+    "TASKCAST_ALLOWED_HOSTS, or set TASKCAST_PUBLIC_URL"
+)
+CANCEL_NEEDS = (
+    "cancel needs Content-Type: application/json or an Authorization header "
+    "(no HTML form or simple cross-site request can send either)"
+)
+# Orchestrators probe these by whatever address they know: no Host check, no CORS.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+METRICS_PATH = "/metrics"
+# Paths a page on another origin never reads, listed or not.
+NO_CORS_PATHS = PROBE_PATHS | {METRICS_PATH}
+# A preflight's answer for a listed origin: what its fetch may send, cached 10 minutes.
+PREFLIGHT = [
+    ("Access-Control-Allow-Methods", "GET, HEAD, POST"),
+    ("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID"),
+    ("Access-Control-Max-Age", "600"),
+]
+ALLOW = "GET, HEAD, POST, OPTIONS"
 CAP_REFUSALS = {
     503: (UNAVAILABLE, "this bridge is at its connection limit (TASKCAST_MAX_CONNECTIONS)"),
     429: (RATE_LIMITED, "too many connections from your address (TASKCAST_MAX_CONNECTIONS_PER_IP)"),
@@ -116,15 +142,44 @@ def raw_response(
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def cors_headers(settings: Settings, origin: str | None) -> list[tuple[str, str]]:
-    """Pages on other origins import /taskcast.js as a module (a CORS fetch), read the
-    JSON API and open event streams: any origin may while no allowlist is set, else
-    only the listed ones (the others were refused before)."""
-    if not settings.allowed_origins:
-        return [("Access-Control-Allow-Origin", "*")]
-    if origin is None:
+def browser_refusal(
+    policy: BrowserPolicy, path: str, origin: str | None, host: str | None
+) -> tuple[int, str, str] | None:
+    """Why a request is refused for its ``Host`` or ``Origin`` (status, code, message), or
+    None: the one check of HTTP requests, WebSocket handshakes and event streams.
+
+    Requests without an Origin (programs, not browsers) and the bridge's own pages pass;
+    other origins only when listed, and never for ``/metrics``.
+    """
+    if path not in PROBE_PATHS and not policy.host_allowed(host):
+        return 403, FORBIDDEN, HOST_REFUSED
+    if origin is None or policy.own(origin, host):
+        return None
+    if path == METRICS_PATH:
+        return 403, FORBIDDEN, METRICS_ORIGIN_REFUSED
+    if policy.listed(origin):
+        return None
+    return 403, FORBIDDEN, ORIGIN_REFUSED
+
+
+def cors_headers(policy: BrowserPolicy, path: str, origin: str | None) -> list[tuple[str, str]]:
+    """CORS headers for a listed origin (its own origin echoed, never ``*``): pages there
+    import /taskcast.js, read the JSON API and open event streams. The bridge's own pages
+    need none, and probes and metrics are for no page."""
+    if path in NO_CORS_PATHS or not policy.listed(origin):
         return []
+    assert origin is not None
     return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+
+
+def deliberate(headers: Headers) -> bool:
+    """Whether a state-changing request carries what no HTML form or CORS "simple" request
+    can: an ``Authorization`` header or a JSON body type (either needs a preflight across
+    origins), so another site cannot make a user's browser send it unasked."""
+    if headers.get_all("Authorization"):
+        return True
+    types = headers.get_all("Content-Type")
+    return len(types) == 1 and types[0].partition(";")[0].strip().lower() == JSON
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -133,6 +188,16 @@ def json_response(status: int, body: Any) -> Response:
 
 def error_response(status: int, code: str, message: str) -> Response:
     return json_response(status, error_body(code, message))
+
+
+def preflight(cors: list[tuple[str, str]]) -> Response:
+    """The answer to ``OPTIONS``: for a listed origin (``cors`` not empty) a CORS preflight's
+    permissions; the methods for anyone else (who sends no preflight)."""
+    answer = response(204, b"", JSON)
+    answer.headers["Allow"] = ALLOW
+    for name, value in PREFLIGHT if cors else []:
+        answer.headers[name] = value
+    return answer
 
 
 def is_upgrade(request: Request) -> bool:
@@ -151,17 +216,24 @@ class HttpRoutes:
         for name in SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
                 return error_response(400, BAD_REQUEST, f"the {name} header must be sent once")
+        path = urlsplit(request.path).path
         origin = request.headers.get("Origin")
-        if not origin_allowed(self.bridge.settings, origin, request.headers.get("Host")):
-            return error_response(403, FORBIDDEN, ORIGIN_REFUSED)
-        answer = await self._answer(connection, request)
-        if answer is not None:
-            self._add_cors(answer, origin)
-        return answer
-
-    def _add_cors(self, answer: Response, origin: str | None) -> None:
-        for name, value in cors_headers(self.bridge.settings, origin):
+        policy = self.bridge.browsers
+        refusal = browser_refusal(policy, path, origin, request.headers.get("Host"))
+        if refusal is not None:
+            return error_response(*refusal)
+        cors = cors_headers(policy, path, origin)
+        if request.method == "OPTIONS":
+            answer: Response | None = preflight(cors)
+        else:
+            answer = await self._answer(connection, request)
+        if answer is None:
+            return None
+        if isinstance(connection, BridgeConnection) and not connection.hold(answer.body):
+            return error_response(503, UNAVAILABLE, BUSY)
+        for name, value in cors:
             answer.headers[name] = value
+        return answer
 
     async def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -191,8 +263,8 @@ class HttpRoutes:
         bridge = self.bridge
         if path == "/api/config":  # what the dashboard needs to render: as open as the page
             return json_response(200, {"trace_url": bridge.settings.trace_url or None})
-        if path.startswith("/api/"):
-            refusal = self._refusal(path, request)
+        if path.startswith("/api/") or path == METRICS_PATH:
+            refusal = await self._refusal(path, request)
             if refusal is not None:
                 return refusal
         if path == "/healthz":
@@ -201,7 +273,7 @@ class HttpRoutes:
             if await bridge.reader.ping():
                 return json_response(200, {"status": "ready"})
             return error_response(503, UNAVAILABLE, "event store (Redis) is unreachable")
-        if path == "/metrics":
+        if path == METRICS_PATH:
             producers = await bridge.producer_totals()
             return response(200, bridge.metrics.render(producers), bridge.metrics.content_type)
         if path == "/api/stats":
@@ -228,17 +300,21 @@ class HttpRoutes:
         self, path: str, query: dict[str, list[str]], request: Request
     ) -> Response:
         """``POST /api/operations/{id}/cancel[?terminate=true]``: the ``cancel`` command."""
+        if not deliberate(request.headers):
+            return error_response(415, BAD_REQUEST, CANCEL_NEEDS)
         operation_id = unquote(path[len(_OPERATION_PREFIX) : -len(_CANCEL_SUFFIX)])
         grant = self._grant(request)
         if isinstance(grant, Response):
             return grant
-        if not grant.cancels(operation_id):
-            return error_response(403, FORBIDDEN, "your token does not allow cancel")
         terminate = query.get("terminate", ["false"])[-1].lower() in ("1", "true", "yes")
         try:
+            if not await permits(grant, "cancel", operation_id, self.bridge.reader):
+                return error_response(403, FORBIDDEN, "your token does not allow cancel")
             body = await self.bridge.cancel(operation_id, terminate, grant.subject)
         except CommandError as exc:
             return error_response(404 if exc.code == NOT_FOUND else 409, exc.code, exc.message)
+        except STORE_ERRORS:
+            return error_response(503, UNAVAILABLE, "event store (Redis) is unreachable")
         return json_response(202, body)
 
     def _grant(self, request: Request) -> Grant | Response:
@@ -251,13 +327,16 @@ class HttpRoutes:
             return error_response(401, UNAUTHORIZED, "a token is required (Authorization: Bearer)")
         return grant
 
-    def _refusal(self, path: str, request: Request) -> Response | None:
+    async def _refusal(self, path: str, request: Request) -> Response | None:
         """401 without a valid token, 403 outside its scope (PROTOCOL.md "Access control")."""
         grant = self._grant(request)
         if isinstance(grant, Response):
             return grant
         if path.startswith(_OPERATION_PREFIX):
-            allowed = grant.reads(unquote(path[len(_OPERATION_PREFIX) :]))
+            operation_id = unquote(path[len(_OPERATION_PREFIX) :])
+            allowed = await permits(grant, "read", operation_id, self.bridge.reader)
+        elif path == METRICS_PATH:
+            allowed = grant.scrapes()
         else:
             allowed = grant.monitors()
         if allowed:
@@ -265,13 +344,15 @@ class HttpRoutes:
         return error_response(403, FORBIDDEN, "your token does not allow this")
 
     async def _operations(self, query: dict[str, list[str]]) -> Response:
+        last = {name: values[-1] for name, values in query.items()}
         try:
-            status = list_status(query["status"][-1]) if "status" in query else None
-            limit = list_limit(_integer(query["limit"][-1]) if "limit" in query else None)
-            offset = list_offset(_integer(query["offset"][-1]) if "offset" in query else None)
+            status = list_status(last.get("status"))
+            limit = list_limit(_integer(last["limit"]) if "limit" in last else None)
+            offset = list_offset(_integer(last["offset"]) if "offset" in last else None)
+            operation_type = list_type(last.get("operation_type"))
         except ValueError as exc:
             return error_response(400, BAD_REQUEST, str(exc))
-        operations = await self.bridge.reader.operations(status, limit, offset)
+        operations = await self.bridge.reader.operations(status, limit, offset, operation_type)
         return json_response(200, {"operations": operations})
 
     async def _operation(self, operation_id: str) -> Response:
@@ -308,7 +389,8 @@ class BridgeConnection(ServerConnection):
     give: the bridge's :class:`EventStreams` takes the transport over. Everything
     else goes to websockets untouched, whose handshake (and its open timeout)
     starts only then; until then ``HEAD_TIMEOUT`` bounds a client that sends
-    nothing.
+    slowly, and the caps' :class:`~taskcast.bridge.limits.Heads` one that stops
+    sending or holds too many heads.
     """
 
     streams: ClassVar[EventStreams | None] = None  # set on each bridge's subclass
@@ -317,26 +399,60 @@ class BridgeConnection(ServerConnection):
     _websocket = False
     _stream: EventStream | None = None
     _deadline: asyncio.TimerHandle | None = None
+    _idle: asyncio.TimerHandle | None = None
     _raw: asyncio.Transport | None = None
-    _address: str | None = None  # set while the head is counted against the caps
     _cut: asyncio.TimerHandle | None = None
+    _held = 0  # bytes of an HTTP body counted against the bridge's cap until the end
+
+    def hold(self, body: bytes | bytearray) -> bool:
+        """Count a response body against the bridge's cap while it is being sent (a
+        client that does not read keeps it until websockets' handshake timeout);
+        False if it does not fit. Small bodies (health checks, errors) always go:
+        descriptors bound how many can be held, and a probe must never get 503."""
+        if self.streams is None or len(body) < SMALL_BODY:
+            return True
+        if not self.streams.bridge.hub.reserve(len(body)):
+            return False
+        self._held = len(body)
+        return True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = cast(asyncio.Transport, transport)
+        sock = self._raw.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(HEAD_TIMEOUT, self._raw.abort)
         if self.streams is not None:
-            address = client_address_of(self._raw)
-            if not self.streams.bridge.caps.head_started(address):
-                self._raw.abort()  # over the caps before a request: nothing to answer yet
-                return
-            self._address = address
-        self._deadline = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._raw.abort)
+            heads = self.streams.bridge.caps.heads
+            victim = heads.start(self, client_address_of(self._raw), loop.time())
+            if victim is not None:
+                victim.drop_head()
+            self._idle = loop.call_later(IDLE_HEAD_TIMEOUT, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Drop a head that has gone ``IDLE_HEAD_TIMEOUT`` without a byte; else look again
+        when it would have."""
+        assert self.streams is not None
+        loop = asyncio.get_running_loop()
+        left = self.streams.bridge.caps.heads.idle(self, loop.time())
+        if left <= 0:
+            self.drop_head()
+        else:
+            self._idle = loop.call_later(left, self._check_idle)
+
+    def drop_head(self) -> None:
+        """Abort a connection whose head is in progress (idle, or making room for another)."""
+        self._head_done()
+        assert self._raw is not None
+        self._raw.abort()
 
     def _head_done(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        if self._address is not None and self.streams is not None:
-            self.streams.bridge.caps.head_done(self._address)
-            self._address = None
+        for timer in (self._deadline, self._idle):
+            if timer is not None:
+                timer.cancel()
+        if self.streams is not None:
+            self.streams.bridge.caps.heads.done(self)
 
     def data_received(self, data: bytes) -> None:
         if self._websocket:
@@ -351,6 +467,8 @@ class BridgeConnection(ServerConnection):
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0 and len(self._head) < MAX_HEAD_BYTES:
+            if self.streams is not None:
+                self.streams.bridge.caps.heads.progress(self, asyncio.get_running_loop().time())
             return
         head, self._head, self._sniffing = self._head, b"", False
         self._head_done()
@@ -358,6 +476,8 @@ class BridgeConnection(ServerConnection):
         assert transport is not None
         complete = 0 <= end <= MAX_HEAD_BYTES
         refusal = refuse_body(head[:end]) if complete else None
+        if refusal is None and complete and len(head) > end + 4 and not _UPGRADE.search(head[:end]):
+            refusal = raw_response(400, PIPELINED, JSON)
         if refusal is None and complete and self.streams is not None:
             try:
                 request = parse_stream_request(head[:end])
@@ -404,11 +524,14 @@ class BridgeConnection(ServerConnection):
         self._raw.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        if self._held and self.streams is not None:
+            self.streams.bridge.hub.release(self._held)
+            self._held = 0
+        if self._stream is not None and self.streams is not None:
+            self.streams.release(self._stream)  # ends it, which asks for a cut-off too
         if self._cut is not None:
             self._cut.cancel()
-        self._head_done()
-        if self._stream is not None and self.streams is not None:
-            self.streams.release(self._stream)
         if self._websocket:
             super().connection_lost(exc)
 
@@ -418,12 +541,23 @@ def connection_class(streams: EventStreams) -> type[BridgeConnection]:
     return type("BridgeConnection", (BridgeConnection,), {"streams": streams})
 
 
+# What the kernel buffers from a client, and so what one read hands websockets, which
+# parses all of it into frame objects (a 40-byte command takes ten times that as a
+# frame) before it can stop reading: commands are small, and a flood stays in the
+# client's socket instead of the bridge's memory.
+RECEIVE_BUFFER = 16 * 1024
 # websockets' own open_timeout for the rest of the handshake.
 HEAD_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 JSON = "application/json"
 MAX_HEAD_BYTES = 16 * 1024
 _BODY_HEADER = re.compile(rb"^(content-length:\s*0*[1-9]|transfer-encoding:)", re.I | re.M)
+_UPGRADE = re.compile(rb"^upgrade:[^\r\n]*websocket", re.I | re.M)
+# A second request sent before the first is answered: websockets answers one request
+# per connection and would drop it unanswered, so the whole is refused with a status.
+PIPELINED = orjson.dumps(
+    error_body(BAD_REQUEST, "one request per connection: pipelined requests are not served")
+)
 
 
 def refuse_body(head: bytes) -> bytes | None:

@@ -29,6 +29,13 @@ REPLY = 0
 REPLAYED = 1
 LIVE = 2
 
+# What a queued frame holds beyond its payload's length: the bytes object's header
+# and allocator rounding, the Frame with its slots, and its outbox (or pending) slot,
+# measured with tracemalloc (tests/test_hub.py checks it still covers them). Charging
+# only the payload let a client owed 100-byte replies make the bridge hold 40 times
+# its budget.
+FRAME_OVERHEAD = 160
+
 
 def stored_at(stream_id: bytes) -> float:
     """Seconds since the epoch when Redis stored a live-stream entry (from its id).
@@ -50,10 +57,12 @@ class Frame:
     turn, so one measurement stands for all of them.
     """
 
-    __slots__ = ("payload", "kind", "stored_at", "wire", "sse", "lag")
+    __slots__ = ("payload", "cost", "kind", "stored_at", "wire", "sse", "lag")
 
     def __init__(self, payload: bytes, kind: int = REPLY, stored_at: float = 0.0) -> None:
         self.payload = payload
+        # What holding it costs one connection: charged to its budget and the bridge's.
+        self.cost = len(payload) + FRAME_OVERHEAD
         self.kind = kind
         self.stored_at = stored_at
         self.wire: bytes | None = None
@@ -93,8 +102,8 @@ class Connection:
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
         self.outbox: deque[Frame] = deque()
-        # Bytes queued for this client and not yet handed to its socket,
-        # including events buffered by pending subscriptions.
+        # Bytes held for this client and not yet handed to its socket (frames at their
+        # cost), including events buffered by pending subscriptions.
         self.queued_bytes = 0
         self.subscriptions: dict[str, Subscription] = {}
         self.closed = False
@@ -108,6 +117,7 @@ class HubStats:
     events_delivered: int = 0
     slow_consumer_disconnects: int = 0
     connections_total: int = 0
+    budget_evictions: int = 0
 
 
 class Hub:
@@ -118,8 +128,9 @@ class Hub:
     - ``on_ready(conn)``: the outbox went from empty to non-empty; drain it
       with :meth:`take`.
     - ``on_overflow(conn)``: a live event came while the client still had more
-      than ``send_buffer_bytes`` unsent; its outbox is dropped and it must be
-      closed (4008).
+      than ``send_buffer_bytes`` unsent, or the bridge as a whole held more than
+      ``max_buffered_bytes`` and this client owed the most; its outbox is dropped
+      and it must be closed (4008).
     - ``on_resync(conn, subscription)``: a live event skipped a seq for this
       subscription, or began a new epoch (``subscription.renew``); read the
       snapshot and the history after ``subscription.since`` and call
@@ -139,8 +150,14 @@ class Hub:
         on_ready: Callable[[Connection], None],
         on_overflow: Callable[[Connection], None],
         on_resync: Callable[[Connection, Subscription], None],
+        max_buffered_bytes: int = 0,
     ) -> None:
+        """``max_buffered_bytes``: what all connections together may be owed (0: no cap)."""
         self.send_buffer_bytes = send_buffer_bytes
+        self.max_buffered_bytes = max_buffered_bytes
+        # Bytes held for every connection together: the sum of their queued_bytes and
+        # what is reserved for HTTP bodies.
+        self.buffered_bytes = 0
         self.max_subscriptions = max_subscriptions
         self._on_ready = on_ready
         self._on_overflow = on_overflow
@@ -172,7 +189,7 @@ class Hub:
             self.unsubscribe(conn, operation_id)
         self._monitors.pop(conn, None)
         conn.outbox.clear()
-        conn.queued_bytes = 0
+        self._charge(conn, -conn.queued_bytes)
 
     # -- outbox ------------------------------------------------------------
 
@@ -180,16 +197,18 @@ class Hub:
         """Queue a command reply (or any non-event frame) for ``conn``.
 
         Replies never count as falling behind: the adapter instead stops
-        reading a client's commands while it is over its send budget.
+        reading a client's commands while it is over its send budget. They do
+        count towards the bridge's cap, which may condemn whoever owes the most.
         """
         self._enqueue(conn, Frame(payload))
+        self._flush_overflowed()
 
     def take(self, conn: Connection) -> Frame | None:
         """The next frame to write to ``conn``'s socket, or None when drained."""
         if not conn.outbox:
             return None
         frame = conn.outbox.popleft()
-        conn.queued_bytes -= len(frame.payload)
+        self._charge(conn, -frame.cost)
         if frame.kind != REPLY:
             self.stats.events_delivered += 1
         return frame
@@ -197,6 +216,46 @@ class Hub:
     def over_budget(self, conn: Connection) -> bool:
         """Whether ``conn`` has more unsent data than ``send_buffer_bytes``."""
         return conn.queued_bytes > self.send_buffer_bytes
+
+    def reserve(self, size: int) -> bool:
+        """Count ``size`` bytes held outside the outboxes (an HTTP body being sent)
+        against the bridge's cap; False, counting nothing, if they do not fit."""
+        if self.max_buffered_bytes and self.buffered_bytes + size > self.max_buffered_bytes:
+            return False
+        self.buffered_bytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        """Those bytes are no longer held."""
+        self.buffered_bytes -= size
+
+    def _charge(self, conn: Connection, cost: int) -> None:
+        """Add ``cost`` (negative: released) to what ``conn`` and the bridge hold."""
+        conn.queued_bytes += cost
+        self.buffered_bytes += cost
+        if cost > 0 and self.max_buffered_bytes and self.buffered_bytes > self.max_buffered_bytes:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Condemn the connections owed the most until the bridge is back under its cap.
+
+        A client that keeps up is owed next to nothing, so it is never chosen while one
+        that stopped reading holds anything; freeing down to seven eighths of the cap
+        keeps one greedy client from making every later frame scan the connections.
+        """
+        target = self.max_buffered_bytes - self.max_buffered_bytes // 8
+        owed = sorted(
+            (conn for conn in self.connections.values() if not conn.closed and conn.queued_bytes),
+            key=lambda conn: conn.queued_bytes,
+            reverse=True,
+        )
+        held = self.buffered_bytes
+        for conn in owed:
+            if held <= target:
+                break
+            held -= conn.queued_bytes
+            self.stats.budget_evictions += 1
+            self._condemn(conn)
 
     def _enqueue(self, conn: Connection, frame: Frame, charged: bool = False) -> None:
         """Append to the outbox, or condemn a client still over budget when a live frame comes.
@@ -213,8 +272,8 @@ class Hub:
         was_empty = not conn.outbox
         conn.outbox.append(frame)
         if not charged:
-            conn.queued_bytes += len(frame.payload)
-        if was_empty:
+            self._charge(conn, frame.cost)
+        if was_empty and not conn.closed:
             self._on_ready(conn)
 
     def _condemn(self, conn: Connection) -> None:
@@ -231,7 +290,7 @@ class Hub:
         """Drop a client that has owed replies for too long: as a slow consumer (4008)."""
         if not conn.closed:
             self._condemn(conn)
-            self._flush_overflowed()
+        self._flush_overflowed()
 
     def _flush_overflowed(self) -> None:
         while self._overflowed:
@@ -286,8 +345,7 @@ class Hub:
         sub.epoch = max([epoch, *(item[1] for item in pending)])
         sub.last_seq = min(sub.since, stored_last_seq)
         if sub.epoch != epoch and epoch:
-            for _, _, frame in pending:
-                conn.queued_bytes -= len(frame.payload)
+            self._charge(conn, -sum(frame.cost for _, _, frame in pending))
             self._start_over(conn, sub)
             self._on_resync(conn, sub)
             return
@@ -304,7 +362,8 @@ class Hub:
                 self._enqueue(conn, frame, charged=True)
                 sub.last_seq = seq
             else:
-                conn.queued_bytes -= len(frame.payload)
+                self._charge(conn, -frame.cost)
+        self._flush_overflowed()
 
     def abort_subscribe(self, conn: Connection, sub: Subscription) -> None:
         """Drop a subscription whose history could not be read."""
@@ -316,8 +375,7 @@ class Hub:
         sub = conn.subscriptions.pop(operation_id, None)
         if sub is None:
             return False
-        for _, _, frame in sub.pending or ():
-            conn.queued_bytes -= len(frame.payload)
+        self._charge(conn, -sum(frame.cost for _, _, frame in sub.pending or ()))
         subscribers = self._subscribers.get(operation_id)
         if subscribers is not None:
             subscribers.pop(conn, None)
@@ -413,7 +471,7 @@ class Hub:
             return
         assert sub.pending is not None
         sub.pending.append((seq, epoch, frame))
-        conn.queued_bytes += len(frame.payload)
+        self._charge(conn, frame.cost)
 
     # -- introspection -------------------------------------------------------
 
@@ -435,4 +493,6 @@ class Hub:
             "events_delivered": self.stats.events_delivered,
             "slow_consumer_disconnects": self.stats.slow_consumer_disconnects,
             "connections_total": self.stats.connections_total,
+            "buffered_bytes": self.buffered_bytes,
+            "budget_evictions": self.stats.budget_evictions,
         }

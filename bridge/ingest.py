@@ -14,10 +14,12 @@ import threading
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import redis
 
 from taskcast.bridge.celery_events import CeleryEventTranslator
 from taskcast.estimate import Estimates, estimated_data
+from taskcast.events import EventTooLarge, capped
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
@@ -37,7 +39,7 @@ class CeleryEventIngester:
         # The time left of tasks that send task-progress, as the producer estimates it
         # for instrumented ones (this thread is the only one that feeds it).
         self.estimates = Estimates()
-        self.counters = {"stored": 0, "duplicate": 0, "rejected": 0, "failed": 0}
+        self.counters = {"stored": 0, "duplicate": 0, "rejected": 0, "failed": 0, "invalid": 0}
         self._stop = threading.Event()
         self._receiver: Any = None
         self._thread = threading.Thread(
@@ -61,13 +63,15 @@ class CeleryEventIngester:
         )
 
     def handle(self, event: dict[str, Any]) -> None:
-        """Store what one Celery event means; store errors are logged, never raised."""
+        """Store what one Celery event means, bounded as the producer bounds a task's
+        events (:func:`~taskcast.events.capped`); errors are logged, never raised."""
         for item, once in self.translator.translate(event):
             try:
-                stored = replace(item, data=estimated_data(self.estimates, item))
-                seq = self.store.append(stored, once)
-            except (redis.RedisError, OSError) as exc:
-                self.counters["failed"] += 1
+                estimated = replace(item, data=estimated_data(self.estimates, item))
+                seq = self.store.append(capped(estimated, self.settings.max_event_bytes), once)
+            except (redis.RedisError, OSError, orjson.JSONEncodeError, EventTooLarge) as exc:
+                unreachable = isinstance(exc, redis.RedisError | OSError)
+                self.counters["failed" if unreachable else "invalid"] += 1
                 log.warning("could not store a Celery %s event: %s", event.get("type"), exc)
                 continue
             outcome = "stored" if seq > 0 else "duplicate" if seq < 0 else "rejected"

@@ -27,12 +27,14 @@ _GAUGES = {
     "connected_clients": "WebSocket connections open now",
     "subscriptions": "Operation subscriptions held by open connections",
     "monitors": "Connections in monitor mode (subscribe_all)",
+    "buffered_bytes": "Bytes held for clients, frames at what they occupy",
 }
 _COUNTERS = {
     "events_in": "Events read from the live stream",
     "events_delivered": "Event frames handed to client sockets (replayed and live)",
     "slow_consumer_disconnects": "Connections closed with 4008 for falling behind",
     "connections_total": "WebSocket connections accepted",
+    "budget_evictions": "Connections closed with 4008 because the bridge held too much",
 }
 # Counters each worker process's producer reports (taskcast.tasks.producer), summed.
 PRODUCER_COUNTERS = {

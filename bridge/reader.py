@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -26,11 +27,15 @@ from taskcast.keys import (
     decode_live,
     decode_snapshot,
     history_start,
-    matches_status,
+    lex_range,
+    matches,
+    matching_types,
     merge_newest,
     producer_totals,
     score,
+    type_prefix,
 )
+from taskcast.members import CHORD_TYPE, GROUP_TYPE
 from taskcast.redis_clients import async_store_client
 
 log = logging.getLogger("taskcast.bridge")
@@ -103,12 +108,25 @@ class StoreReader:
     async def operation(self, operation_id: str) -> dict[str, Any] | None:
         return decode_snapshot(await self.client.hgetall(self.keys.snapshot(operation_id)))
 
+    async def parent_id(self, operation_id: str) -> str | None:
+        """The snapshot's ``parent_id`` alone (access checks need no result or metadata)."""
+        return await self._field(operation_id, "parent_id")
+
+    async def is_group(self, operation_id: str) -> bool:
+        """Whether the operation is a group or chord, whose members its token covers."""
+        return await self._field(operation_id, "operation_type") in (GROUP_TYPE, CHORD_TYPE)
+
+    async def _field(self, operation_id: str, name: str) -> str | None:
+        """One string field of a snapshot (stored as JSON), None when absent or not a string."""
+        raw = await self.client.hget(self.keys.snapshot(operation_id), name)
+        value = orjson.loads(raw) if raw else None
+        return value if isinstance(value, str) else None
+
     async def _snapshots(
-        self, status: str | None, start: int, stop: int
+        self, listing: list[str], start: int, stop: int
     ) -> list[dict[str, Any]] | None:
-        """Snapshots of ranks ``start..stop`` of the listing for ``status`` (newest first);
-        None past its end."""
-        ids = await self._ids(self.keys.listing(status), start, stop - start + 1)
+        """Snapshots of ranks ``start..stop`` of ``listing`` (newest first); None past its end."""
+        ids = await self._ids(listing, start, stop - start + 1)
         if not ids:
             return None
         async with self.client.pipeline(transaction=False) as pipe:
@@ -118,18 +136,33 @@ class StoreReader:
         return [s for s in map(decode_snapshot, raws) if s is not None]
 
     async def operations(
-        self, status: str | None, limit: int, offset: int = 0
+        self, status: str | None, limit: int, offset: int = 0, operation_type: str | None = None
     ) -> list[dict[str, Any]]:
         """Snapshots, most recently updated first, filtered like ``EventStore.list_operations``."""
+        listing = await self.listing(status, operation_type)
         found: list[dict[str, Any]] = []
         start, page = offset, max(limit, 100)
         while len(found) < limit:
-            snapshots = await self._snapshots(status, start, start + page - 1)
+            snapshots = await self._snapshots(listing, start, start + page - 1)
             if snapshots is None:
                 break
-            found.extend(s for s in snapshots if matches_status(s, status))
+            found.extend(s for s in snapshots if matches(s, status, operation_type))
             start += page
         return found[:limit]
+
+    async def listing(self, status: str | None, operation_type: str | None) -> list[str]:
+        """The sorted sets a listing walks, as ``EventStore._listing`` finds them."""
+        if operation_type is None:
+            return self.keys.listing(status)
+        prefix = type_prefix(operation_type)
+        if prefix is None:
+            return matching_types(self.keys, operation_type)
+        low, high = lex_range(prefix)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in self.keys.type_sets:
+                pipe.zrangebylex(key, low, high)
+            found = await pipe.execute()
+        return matching_types(self.keys, operation_type, found)
 
     async def producer_totals(self) -> dict[str, int]:
         """The counters every worker process's producer reported, summed (see keys)."""
@@ -139,9 +172,10 @@ class StoreReader:
         """Ranks ``start..start+count-1`` over every partition, newest first (see the store)."""
         if len(keys) == 1:
             return list(await self.client.zrevrange(keys[0], start, start + count - 1))
-        pages = [
-            await self.client.zrevrange(key, 0, start + count - 1, withscores=True) for key in keys
-        ]
+        async with self.client.pipeline(transaction=False) as pipe:  # one round trip
+            for key in keys:
+                pipe.zrevrange(key, 0, start + count - 1, withscores=True)
+            pages = await pipe.execute()
         return merge_newest(pages, start, count)
 
     async def operation_counts(self) -> tuple[int, int]:

@@ -37,9 +37,12 @@ from taskcast.bridge import presence
 from taskcast.bridge.access import (
     AUTH_DEADLINE,
     OPEN,
+    BrowserPolicy,
     Grant,
+    OperationScope,
     TokenRejected,
     check_exposure,
+    permits,
     query_token,
     verifier_for,
 )
@@ -62,6 +65,7 @@ from taskcast.bridge.limits import (
     RateLimitedLog,
     TokenBucket,
     client_address,
+    default_max_buffered_bytes,
     default_max_connections,
 )
 from taskcast.bridge.metrics import BridgeMetrics
@@ -97,7 +101,18 @@ STATS_CACHE_SECONDS = 1.0
 STORE_DOWN = "event store (Redis) is unreachable; retry later"
 RATE_MESSAGE = "too many commands; slow down (TASKCAST_COMMAND_RATE)"
 UNAUTHENTICATED = "authenticate first: send auth with a token, or connect with ?token="
+# Commands on one operation, and the scope of it they need; those of every operation.
+OPERATION_COMMANDS: dict[str, OperationScope] = {
+    "subscribe": "read",
+    "get_operation": "read",
+    "cancel": "cancel",
+}
+MONITOR_COMMANDS = frozenset({"subscribe_all", "list_operations", "get_stats"})
 CLOSE_POLICY = 1008
+# Commands refused without a second's pause between refusals before the connection
+# goes, and how often at most one refusal is answered.
+REFUSALS_BEFORE_CLOSE = 1000
+REFUSAL_INTERVAL = 1.0
 # How long a client may stay over its send budget with replies unread before 4008.
 SLOW_READER_GRACE = 10.0
 CLOSE_TOKEN_EXPIRED = 4401
@@ -108,6 +123,10 @@ LOOP_ERROR_LOG_INTERVAL = 1.0
 # in its transport: one written past the limit by the direct path, one by the
 # writer task before it waits for the client.
 DIRECT_WRITE_LIMIT = 32 * 1024
+# Frames websockets reads ahead of the handler before it stops reading the socket: a
+# client over its budget is not read (see _wait_drained), and what it sent meanwhile
+# waits in the kernel, not in up to 16 frames of TASKCAST_MAX_MESSAGE_BYTES each.
+INBOUND_FRAMES = 4
 
 
 class Peer(Connection):
@@ -116,7 +135,19 @@ class Peer(Connection):
     ``flush_due`` is set while the connection waits for this turn's direct flush.
     """
 
-    __slots__ = ("ws", "writer", "drained", "flush_due", "address", "bucket", "grant", "expiry")
+    __slots__ = (
+        "ws",
+        "writer",
+        "drained",
+        "flush_due",
+        "address",
+        "bucket",
+        "refused",
+        "refused_at",
+        "answered_refusal",
+        "grant",
+        "expiry",
+    )
 
     def __init__(
         self, client_id: str, ws: ServerConnection, bucket: TokenBucket, grant: Grant | None
@@ -128,6 +159,10 @@ class Peer(Connection):
         self.flush_due = False
         self.address = client_address(ws)
         self.bucket = bucket
+        # Commands refused by the rate limit with less than a second between two of
+        # them, when the last was refused, and when a refusal was last answered.
+        self.refused = 0
+        self.refused_at = self.answered_refusal = float("-inf")
         # None until a valid token arrives; ``expiry`` closes the connection when
         # the token runs out (4401), or when none came in time (1008).
         self.grant = grant
@@ -150,8 +185,11 @@ class Bridge:
         self.settings = settings
         self.reuse_port = reuse_port
         self.verifier = verifier_for(settings)
+        self.browsers = BrowserPolicy.of(settings)
         self.hub = Hub(
             send_buffer_bytes=settings.send_buffer_bytes,
+            max_buffered_bytes=settings.max_buffered_bytes
+            or default_max_buffered_bytes(settings.processes),
             max_subscriptions=settings.max_subscriptions,
             on_ready=self._on_ready,
             on_overflow=self._on_overflow,
@@ -236,6 +274,7 @@ class Bridge:
                 create_connection=connection_class(self.streams),
                 compression="deflate" if self.settings.compression else None,
                 max_size=self.settings.max_message_bytes,
+                max_queue=INBOUND_FRAMES,
                 ping_interval=self.settings.ping_interval,
                 ping_timeout=self.settings.ping_interval,
                 close_timeout=CLOSE_TIMEOUT,
@@ -342,27 +381,25 @@ class Bridge:
                 delay, self._close, peer, CLOSE_TOKEN_EXPIRED, "token expired"
             )
 
-    @staticmethod
-    def _denial(peer: Peer, command: Command) -> CommandError | None:
-        """Why ``peer`` may not run ``command`` (PROTOCOL.md "Access control"), or None."""
+    async def _authorize(self, peer: Peer, command: Command) -> None:
+        """Raise the CommandError refusing ``peer`` the ``command`` (PROTOCOL.md "Access
+        control"), if any."""
         if command.name in ("ping", "auth"):
-            return None
+            return
         grant = peer.grant
         if grant is None:
-            return CommandError(UNAUTHORIZED, UNAUTHENTICATED, command.request_id)
-        operation_id = command.operation_id
-        if command.name in ("subscribe", "get_operation"):
-            allowed = operation_id is not None and grant.reads(operation_id)
-        elif command.name == "cancel":
-            allowed = operation_id is not None and grant.cancels(operation_id)
-        elif command.name in ("subscribe_all", "list_operations", "get_stats"):
-            allowed = grant.monitors()
+            raise CommandError(UNAUTHORIZED, UNAUTHENTICATED, command.request_id)
+        scope = OPERATION_COMMANDS.get(command.name)
+        if scope is not None:
+            operation_id = command.operation_id
+            allowed = operation_id is not None and await permits(
+                grant, scope, operation_id, self.reader
+            )
         else:
-            allowed = True
-        if allowed:
-            return None
-        message = f"your token does not allow {command.name}"
-        return CommandError(FORBIDDEN, message, command.request_id)
+            allowed = command.name not in MONITOR_COMMANDS or grant.monitors()
+        if not allowed:
+            message = f"your token does not allow {command.name}"
+            raise CommandError(FORBIDDEN, message, command.request_id)
 
     # -- connections (continued) -----------------------------------------------------
 
@@ -518,25 +555,47 @@ class Bridge:
     # -- commands ----------------------------------------------------------------
 
     async def _command(self, peer: Peer, message: str | bytes) -> None:
-        if not peer.bucket.take(time.monotonic()):
-            refusal = error_frame(RATE_LIMITED, RATE_MESSAGE, request_id_of(message))
-            self.hub.send(peer, refusal)
+        now = time.monotonic()
+        if not peer.bucket.take(now):
+            self._refuse(peer, message, now)
             return
         try:
             command = parse_command(message)
         except CommandError as exc:
             self.hub.send(peer, exc.frame())
             return
-        denial = self._denial(peer, command)
-        if denial is not None:
-            self.hub.send(peer, denial.frame())
-            return
         try:
+            await self._authorize(peer, command)
             await self._handlers[command.name](peer, command)
         except CommandError as exc:
             self.hub.send(peer, exc.frame())
         except STORE_ERRORS:
             self.hub.send(peer, error_frame(UNAVAILABLE, STORE_DOWN, command.request_id))
+
+    def _refuse(self, peer: Peer, message: str | bytes, now: float) -> None:
+        """Answer one command over the rate limit a second; drop the rest unanswered.
+
+        A reply to each would cost the bridge memory and CPU for a client that is not
+        listening; one a second says what happens. Replies keep the commands' order,
+        so a client learns that a command went unanswered from the reply to a later
+        one (PROTOCOL_NOTES.md). A client refused ``REFUSALS_BEFORE_CLOSE`` times
+        without a second's pause between refusals is not slowing down, and is closed
+        (1008); the bucket refilling now and then does not make it well-behaved.
+        """
+        if now - peer.refused_at >= REFUSAL_INTERVAL:
+            peer.refused = 0
+        peer.refused_at = now
+        peer.refused += 1
+        if peer.refused == REFUSALS_BEFORE_CLOSE:
+            log.info("closing %s: it kept sending past the rate limit (1008)", peer.client_id)
+            # What it sent on is not read: websockets would parse every frame of it while
+            # waiting for the closing handshake, all for nothing.
+            peer.ws.transport.pause_reading()
+            self._close(peer, CLOSE_POLICY, "too many commands past the rate limit")
+        elif now - peer.answered_refusal >= REFUSAL_INTERVAL:
+            peer.answered_refusal = now
+            refusal = error_frame(RATE_LIMITED, RATE_MESSAGE, request_id_of(message))
+            self.hub.send(peer, refusal)
 
     async def subscribe(self, peer: Connection, command: Command) -> None:
         """``subscribe`` for a WebSocket peer or an event stream (the same hub rules)."""
@@ -600,7 +659,7 @@ class Bridge:
 
     async def _list_operations(self, peer: Peer, command: Command) -> None:
         operations = await self.reader.operations(
-            command.status, command.limit, command.offset
+            command.status, command.limit, command.offset, command.operation_type
         )
         self.hub.send(peer, encode({"operations": operations}, command.request_id))
 

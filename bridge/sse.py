@@ -16,7 +16,7 @@ import orjson
 
 from taskcast.bridge.commands import MAX_EPOCH_LENGTH, MAX_ID_LENGTH, MAX_SEQ
 from taskcast.events import FINISHED_STATUSES
-from taskcast.protocol import UNAVAILABLE
+from taskcast.protocol import FORBIDDEN, UNAVAILABLE
 
 OPERATION_PREFIX = "/api/operations/"
 EVENTS_SUFFIX = "/events"
@@ -29,6 +29,9 @@ SINGLE_HEADERS = frozenset({"origin", "host", "authorization", "last-event-id"})
 # What an event name or id may hold: anything else (a line break above all) would let
 # stored data write SSE fields of its own.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+# The HTTP status of a stream whose subscribe was refused, by error code (else 400).
+_REFUSALS = {UNAVAILABLE: 503, FORBIDDEN: 403}
 
 # How long EventSource waits before reconnecting after a dropped stream (ms);
 # short, because the bridge replays what was missed.
@@ -167,11 +170,12 @@ def opening_status(reply_payload: bytes, since: int) -> int:
 
     204 for a resume of an ended operation whose client holds every event: the one
     answer after which EventSource stops reconnecting (it reconnects after any
-    other end of stream). 503 while the store is down, 400 for other refusals.
+    other end of stream). 503 while the store is down, 403 outside the token's scope,
+    400 for other refusals.
     """
     reply = orjson.loads(reply_payload)
     if reply.get("status") != "subscribed":
-        return 503 if reply.get("code") == UNAVAILABLE else 400
+        return _REFUSALS.get(reply.get("code"), 400)
     snapshot = reply.get("operation") or {}
     if since > 0 and not reply.get("replayed") and snapshot.get("status") in FINISHED_STATUSES:
         return 204

@@ -21,12 +21,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
+from taskcast.exits import ExitCode
 from taskcast.worker_config.settings import Settings, to_environment
 
 log = logging.getLogger("taskcast.bridge")
 
 STOP_SECONDS = 5.0
-EXIT_CONFIG = 2
+EXIT_CONFIG = ExitCode.USAGE  # a child with a bad setting stops the group: restarts cannot help
 # A child that keeps dying soon after it started is restarted ever later (doubling up
 # to the second figure); one that ran for STABLE_SECONDS starts from the first again.
 RESTART_BACKOFF = (0.1, 5.0)

@@ -1,13 +1,16 @@
 """A small Flask app: submit a task from a form and watch its live progress bar.
 
     pip install flask
+    export TASKCAST_ALLOWED_ORIGINS=http://127.0.0.1:5000
     taskcast demo --no-browser        # or your own Redis, worker and bridge
-    flask --app examples/webapp.py run --port 5000
+    flask --app examples/webapp.py run --port 5000    # open http://127.0.0.1:5000/
 
 The page loads the JS client from the bridge (TASKCAST_PUBLIC_URL, default
 http://127.0.0.1:8765) and subscribes to each task it submits; several bars
 update side by side. The app itself only submits tasks: progress never goes
-through it.
+through it. The page is on another origin than the bridge, which serves other
+origins only when TASKCAST_ALLOWED_ORIGINS lists them (add
+http://localhost:5000 to open it under that name).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from taskcast.terminal import submitting_app
 
 celery_app = submitting_app("taskcast_webapp")
 
-BRIDGE = os.environ.get("TASKCAST_PUBLIC_URL", "http://127.0.0.1:8765").rstrip("/")
+# Empty counts as unset, as for every TASKCAST_ variable.
+BRIDGE = (os.environ.get("TASKCAST_PUBLIC_URL") or "http://127.0.0.1:8765").rstrip("/")
 TASKS = {
     "demo.generate_code": {"lines": 150, "delay": 0.03},
     "demo.web_search": {"queries": 4, "delay": 0.4},

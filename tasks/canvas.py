@@ -24,9 +24,23 @@ after the first the ``root_id`` of the chain's first task, so a link's
 ``parent_id`` is that root (for a chain started inside a task, the root of
 that task's workflow). It only links them: a chain link does not aggregate.
 
+**Ids no message names yet.** ``chord(header)(body)`` returns the body's result,
+and ``chain(...).apply_async()`` the last task's: ids a user holds and watches
+while the messages that carry them do not exist yet (Celery publishes a body
+once its header completed, a link once the previous one returned), and never
+will when a member or an earlier link fails. :func:`held_at_publish` names
+them from the first message that carries them (the header's first member,
+every link but the last), so the publisher records them ``queued`` before any
+member can run; their own publication later adds no second ``queued`` (the
+store ignores a ``queued`` for an operation still queued). When the task that
+holds one fails, is revoked or is lost, :func:`left` names it so that the
+same handler ends it too, as Celery's ``backend.mark_as_failure`` fails a
+chord's body and the rest of a chain.
+
 **Workers.** A member's later events (running, progress, completed, error)
 come from the process that runs it, which knows its group from the request
-(``request.group``); :func:`joined` keeps it per task id while the task runs.
+(``request.group``); :func:`joined` keeps it, and what the task holds, per task
+id while the task runs.
 """
 
 from __future__ import annotations
@@ -36,16 +50,63 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskcast.events import Parent
 from taskcast.members import CHORD_TYPE, GROUP_TYPE
 
-# Members known to this process (task id -> group id), bounded: a worker's main
-# process learns of every task it receives but never sees most of them end.
+# Tasks known to this process (task id -> its group id and the ids it holds), bounded:
+# a worker's main process learns of every task it receives but never sees most end.
 MEMBERS_LIMIT = 10_000
-_members: OrderedDict[str, str] = OrderedDict()
+_members: OrderedDict[str, tuple[str | None, tuple[Held, ...]]] = OrderedDict()
 _lock = threading.Lock()
+
+
+class Held(NamedTuple):
+    """An id a user holds that no message names yet (see the module docstring)."""
+
+    operation_id: str
+    # The task name, the operation's type.
+    name: str
+    # What the task holding it is to it: "chord member" or "chain link".
+    role: str
+    parent: Parent
+
+
+def _plain_task(signature: Any) -> tuple[str, str] | None:
+    """``(task id, name)`` of a serialized signature of one task (not a group, chord or
+    chain, whose id is no task's), else None."""
+    if not isinstance(signature, Mapping) or signature.get("subtask_type"):
+        return None
+    task_id = (signature.get("options") or {}).get("task_id")
+    name = signature.get("task")
+    return (str(task_id), str(name)) if task_id and name else None
+
+
+def held_ids(group_id: str | None, root_id: str, chord: Any, chain: Any) -> list[Held]:
+    """What a task holds: its chord's body (``chord``, a member's) and its chain's last
+    task (``chain``: the links still to run, the last first, as Celery sends them)."""
+    held = []
+    body = _plain_task(chord)
+    if group_id and body is not None:
+        held.append(Held(*body, "chord member", Parent(group_id, aggregates=False)))
+    last = _plain_task(chain[0]) if isinstance(chain, list) and chain else None
+    if last is not None:
+        held.append(Held(*last, "chain link", Parent(root_id, aggregates=False)))
+    return held
+
+
+def held_at_publish(
+    headers: Mapping[str, Any], embedded: Mapping[str, Any], position: tuple[int, bool] | None
+) -> list[Held]:
+    """The ids to record ``queued`` with a message: a chord's body with its first member
+    (later ones could be published after a member failed, and would reopen it), a
+    chain's last task with every earlier link (each announcement but the first stores
+    nothing)."""
+    first = position is not None and position[0] == 0
+    root_id = str(headers.get("root_id") or headers.get("id"))
+    held = held_ids(headers.get("group"), root_id, embedded.get("chord"), embedded.get("chain"))
+    return [each for each in held if each.role != "chord member" or first]
 
 
 def group_position() -> tuple[int, bool] | None:
@@ -92,24 +153,31 @@ def parent_at_publish(
     return None
 
 
-def joined(task_id: str, group_id: str | None) -> None:
-    """Remember that ``task_id`` is a member of ``group_id`` (if any) in this process."""
-    if not group_id:
+def joined(task_id: str, request: Any) -> None:
+    """Remember the group of ``task_id`` and the ids it holds, from its ``request`` (a
+    worker's ``Request`` or a task's context: each has ``group``; ``chord`` and ``chain``
+    where Celery gives them)."""
+    group_id = getattr(request, "group", None)
+    root_id = getattr(request, "root_id", None) or task_id
+    chord, chain = getattr(request, "chord", None), getattr(request, "chain", None)
+    held = tuple(held_ids(group_id, root_id, chord, chain))
+    if not group_id and not held:
         return
     with _lock:
-        _members[task_id] = group_id
+        _members[task_id] = (group_id, held)
         _members.move_to_end(task_id)
         if len(_members) > MEMBERS_LIMIT:
             _members.popitem(last=False)
 
 
-def left(task_id: str) -> None:
-    """Forget a member once its terminal event was emitted."""
+def left(task_id: str) -> list[Held]:
+    """Forget a task once its terminal event was emitted; the ids it held."""
     with _lock:
-        _members.pop(task_id, None)
+        _, held = _members.pop(task_id, (None, ()))
+    return list(held)
 
 
 def parent_of(task_id: str) -> Parent | None:
     """The group this process knows ``task_id`` belongs to."""
-    group_id = _members.get(task_id)
+    group_id, _ = _members.get(task_id, (None, ()))
     return None if group_id is None else Parent(group_id)

@@ -28,6 +28,10 @@ Where each event comes from, and why there:
 - the parent (group, chord or chain root, see :mod:`taskcast.tasks.canvas`):
   named by the publisher with ``queued`` (with a group's size on its last
   member), and by the worker for a member's later events.
+- ids a user holds before their message exists (a chord's body, a chain's last
+  task): ``queued`` with the first message that carries them, and ``error`` with
+  the failure, revocation or loss of the task holding them (see
+  :mod:`taskcast.tasks.canvas`).
 - ``running``: ``task_prerun``, with the worker's hostname.
 - ``result`` + ``completed``: ``task_success``, with the duration since
   ``running`` (measured in the process that ran the task).
@@ -164,12 +168,28 @@ def publish_metadata(headers: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def parent_at_publish(headers: Mapping[str, Any], body: Any) -> Parent | None:
-    """The parent a published message names (only group members look for Celery's loop)."""
-    embedded = body[2] if isinstance(body, tuple | list) and len(body) == 3 else {}
+def _embedded(body: Any) -> Mapping[str, Any]:
+    """The canvas part of a protocol 2 message body (``callbacks``, ``chain``, ``chord``)."""
+    embedded = body[2] if isinstance(body, tuple | list) and len(body) == 3 else None
+    return embedded if isinstance(embedded, Mapping) else {}
+
+
+def _position(headers: Mapping[str, Any]) -> tuple[int, bool] | None:
+    """Where a group member is in Celery's publishing loop (only members look for it)."""
     member = headers.get("group") and headers.get("group_index") is not None
-    position = canvas.group_position() if member else None
-    return canvas.parent_at_publish(headers, embedded or {}, position)
+    return canvas.group_position() if member else None
+
+
+def parent_at_publish(headers: Mapping[str, Any], body: Any) -> Parent | None:
+    """The parent a published message names."""
+    return canvas.parent_at_publish(headers, _embedded(body), _position(headers))
+
+
+# The message of an id recorded before its own message exists, by what it waits for.
+_HELD_WAITING = {
+    "chord member": "Waiting for the chord's members",
+    "chain link": "Waiting for the chain's earlier tasks",
+}
 
 
 def record_queued(
@@ -193,14 +213,23 @@ def record_queued(
         emitter.emit("status", task_id, data)
         return
     data = status_data("queued", "Waiting for a worker", {"queue": routing_key})
+    embedded, position = _embedded(body), _position(headers)
     emitter.emit(
         "status",
         task_id,
         data,
         operation_type=sender,
         metadata=publish_metadata(headers),
-        parent=parent_at_publish(headers, body),
+        parent=canvas.parent_at_publish(headers, embedded, position),
     )
+    for held in canvas.held_at_publish(headers, embedded, position):
+        emitter.emit(
+            "status",
+            held.operation_id,
+            status_data("queued", _HELD_WAITING[held.role]),
+            operation_type=held.name,
+            parent=held.parent,
+        )
 
 
 def record_redelivered(request: Any = None, **_: Any) -> None:
@@ -214,7 +243,7 @@ def record_redelivered(request: Any = None, **_: Any) -> None:
     """
     if request is None or not records_lifecycle(request.task):
         return
-    canvas.joined(request.id, request.group)
+    canvas.joined(request.id, request)
     if not (request.delivery_info or {}).get("redelivered"):
         return
     import redis  # here, not at import: importing redis loads its asyncio client too
@@ -240,7 +269,7 @@ def record_running(task_id: str | None = None, task: Any = None, **_: Any) -> No
     if not (task_id and records_lifecycle(task)):
         return
     _started[task_id] = time.monotonic()
-    canvas.joined(task_id, task.request.group)
+    canvas.joined(task_id, task.request)
     emitter.emit_running(task_id, task.name, worker=task.request.hostname)
 
 
@@ -267,14 +296,9 @@ def record_failed(
     _started.pop(task_id, None)
     status = "lost" if isinstance(exception, WorkerLostError) else "failed"
     trace = getattr(einfo, "traceback", None) if get_settings().send_traceback else None
-    emitter.emit_error(
-        task_id,
-        str(exception) or type(exception).__name__,
-        type(exception).__name__,
-        status,
-        trace,
-    )
-    canvas.left(task_id)
+    error = str(exception) or type(exception).__name__
+    emitter.emit_error(task_id, error, type(exception).__name__, status, trace)
+    _end_held(task_id, error, type(exception).__name__, status)
 
 
 def record_revoked(
@@ -295,8 +319,17 @@ def record_revoked(
         reason = f"terminated by signal {signum}"
     else:
         reason = "revoked"
+    canvas.joined(task_id, request)  # a revoked request carries its group, chord and chain
     emitter.emit_error(task_id, reason, "TaskRevokedError", "revoked")
-    canvas.left(task_id)
+    _end_held(task_id, reason, "TaskRevokedError", "revoked")
+
+
+def _end_held(task_id: str, error: str, error_type: str, status: str) -> None:
+    """End the ids ``task_id`` held (see :mod:`taskcast.tasks.canvas`): Celery will never
+    run them now, and their holders would otherwise watch a ``queued`` forever."""
+    for held in canvas.left(task_id):
+        message = f"{held.role} {task_id} {status}: {error}"
+        emitter.emit_error(held.operation_id, message, error_type)
 
 
 _heartbeat: list[Heartbeat] = []

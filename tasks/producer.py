@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from taskcast.estimate import Estimates, estimated_data
-from taskcast.events import TERMINAL_EVENT_TYPES, Event, capped, log_data
+from taskcast.events import TERMINAL_EVENT_TYPES, Event, EventTooLarge, capped, log_data
 from taskcast.store import EventStore
 from taskcast.tasks.cancel import ENDED
 from taskcast.tasks.coalesce import Coalescer
@@ -150,8 +150,9 @@ class Producer:
 
     def stats(self) -> dict[str, int]:
         """Counters: stored, rejected (operation had ended), failed (Redis errors),
-        invalid (data not encodable as JSON), coalesced (progress merged into a
-        later value), retried (stored from the outbox), and of the outbox:
+        invalid (data not encodable as JSON, or an id too long for the size limit),
+        coalesced (progress merged into a later value), retried (stored from the
+        outbox), and of the outbox:
         outbox (events not stored yet: waiting, or being stored from it now),
         outbox_peak, queued (events that ever waited), merged (progress merged away
         to make room), dropped (other events dropped to make room, each reported in
@@ -231,12 +232,14 @@ class Producer:
     def _append(self, event: Event) -> int:
         """One append and its accounting; raises only on store errors.
 
-        Data that cannot be encoded as JSON (e.g. non-string dict keys) loses
-        this event only: the store is fine, so nothing waits or backs off.
+        The event is stored as :func:`~taskcast.events.capped` bounds it. Data that
+        cannot be encoded as JSON (e.g. non-string dict keys), or an operation id too
+        long for any event to fit, loses this event only: the store is fine, so nothing
+        waits or backs off.
         """
         try:
             seq = self.store.append(capped(event, self.settings.max_event_bytes))
-        except orjson.JSONEncodeError as exc:
+        except (orjson.JSONEncodeError, EventTooLarge) as exc:
             with self._lock:
                 self.counters["invalid"] += 1
                 self._log_failure(exc, self.clock())

@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from taskcast.bridge.server import Bridge
 from taskcast.client import TaskcastClient
 from taskcast.embedded_redis import free_port
-from taskcast.events import Event, log_data, status_data
+from taskcast.events import TERMINAL_EVENT_TYPES, Event, log_data, status_data
 from taskcast.store import EventStore
 from taskcast.worker_config.settings import load_settings
 
@@ -59,6 +59,20 @@ async def running_bridge(
         yield bridge
     finally:
         await bridge.stop()
+
+
+async def frames_until_end(url: str, operation_id: str, timeout: float = 20.0) -> list[str]:
+    """The raw frames a client left at websockets' defaults (``max_size`` 1 MiB) receives
+    when it subscribes to ``operation_id``, up to its terminal event. A close (1009 for a
+    frame over 1 MiB) raises ``ConnectionClosed``, which fails the test."""
+    async with connect(url) as ws, asyncio.timeout(timeout):
+        await ws.send(orjson.dumps({"command": "subscribe", "operation_id": operation_id}).decode())
+        frames: list[str] = []
+        while True:
+            frame = str(await ws.recv())
+            frames.append(frame)
+            if orjson.loads(frame).get("event_type") in TERMINAL_EVENT_TYPES:
+                return frames
 
 
 class WsClient:

@@ -20,6 +20,7 @@ from taskcast import tasks
 from taskcast.bridge import Bridge
 from taskcast.embedded_redis import EmbeddedRedis
 from taskcast.store import EventStore
+from taskcast.tasks.producer import Producer
 from taskcast.worker_config import Settings, celery_config, load_settings
 
 _prefixes = itertools.count()
@@ -56,6 +57,14 @@ def prefix() -> str:
 @pytest.fixture
 def store(redis_client: redis.Redis, prefix: str) -> EventStore:
     return EventStore(redis_client, prefix=prefix)
+
+
+@pytest.fixture
+def producer(task_settings: Settings, prefix: str) -> Iterator[Producer]:
+    """A producer storing under this test's prefix; closed (and flushed) at teardown."""
+    producer = Producer(replace(task_settings, prefix=prefix))
+    yield producer
+    producer.close()
 
 
 # --- Celery: a configured app, an in-process worker, worker subprocesses -------------------

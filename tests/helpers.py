@@ -52,6 +52,24 @@ def wait_for(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.
         time.sleep(interval)
 
 
+def taskcast(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run the ``taskcast`` command as a user would, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "taskcast", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line(run: subprocess.CompletedProcess) -> str:
+    """The single line a failed ``taskcast`` command printed on stderr (no traceback)."""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    return lines[0]
+
+
 def events_of(store: EventStore, operation_id: str, since: int = 0) -> list[dict[str, Any]]:
     """The stored history of one operation, decoded, oldest first."""
     return [orjson.loads(raw) for _, raw in store.history(operation_id, since)]

@@ -231,6 +231,27 @@ async def test_list_operations_filters_and_limits(ws_client: OpenClient, store: 
     assert [s["operation_id"] for s in next_page] == ["active1", "finished1"]
 
 
+async def test_list_operations_finds_operations_by_type(
+    ws_client: OpenClient, store: EventStore
+) -> None:
+    for n, kind in enumerate(["reports.daily", "mail.send", "reports.weekly", "reports.daily"]):
+        store.append(Event("status", f"op{n}", status_data("running"), operation_type=kind))
+    store.append(Event("completed", "op0", {"status": "completed", "duration": 1.0}))
+    client = await ws_client()
+
+    async def listed(**filters: object) -> list[str]:
+        reply = await client.request("list_operations", **filters)
+        return [s["operation_id"] for s in reply["operations"]]
+
+    assert await listed(operation_type="reports.daily") == ["op0", "op3"]
+    assert await listed(operation_type="reports.*") == ["op0", "op3", "op2"]
+    assert await listed(operation_type="reports.*", status="active", limit=1) == ["op3"]
+    assert await listed(operation_type="reports.*", limit=1, offset=1) == ["op3"]
+    assert await listed(operation_type="mail.send", status="finished") == []
+    reply = await client.request("list_operations", operation_type="")
+    assert reply["code"] == "bad_request" and "operation_type" in reply["message"]
+
+
 async def test_get_stats_counts_clients_subscriptions_and_deliveries(
     ws_client: OpenClient, store: EventStore
 ) -> None:

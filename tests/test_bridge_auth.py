@@ -32,7 +32,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from taskcast import mint_token
 from taskcast.bridge import Bridge
 from taskcast.client import TaskcastClient
-from taskcast.events import Event, progress_data, status_data
+from taskcast.events import Event, Parent, progress_data, status_data
+from taskcast.members import GROUP_TYPE
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
@@ -359,3 +360,137 @@ def test_the_cli_takes_a_token_from_the_flag_or_the_environment(
         assert token("op-cli") not in "\n".join(bridge.lines)  # tokens are never logged
     finally:
         bridge.stop()
+
+
+@pytest.fixture
+async def grouped(redis_url: str, prefix: str, store: EventStore) -> AsyncIterator[Bridge]:
+    """A secured bridge over group ``g1`` (members ``m1``, ``m2``), a chain whose second
+    link names ``root``, and ``op-b``, in no group."""
+    group = Parent("g1", operation_type=GROUP_TYPE)
+    for member in ("m1", "m2"):
+        store.append(Event("status", member, status_data("queued"), parent=group))
+    store.append(Event("status", "root", status_data("queued")))
+    link = Parent("root", aggregates=False)
+    store.append(Event("status", "link2", status_data("queued"), parent=link))
+    store_two_operations(store)
+    async with running_bridge(redis_url, prefix, auth_secret=AUTH_SECRET) as bridge:
+        yield bridge
+
+
+async def test_a_group_token_reads_its_members_everywhere_and_nothing_else(
+    grouped: Bridge,
+) -> None:
+    group_token = token("g1")
+    client = await WsClient.open(f"{grouped.url}?token={group_token}")
+    for command in ("subscribe", "get_operation"):
+        reply = await client.request(command, operation_id="m1")
+        assert "code" not in reply and reply["operation"]["parent_id"] == "g1", command
+        assert (await client.request(command, operation_id="op-b"))["code"] == "forbidden"
+    await client.close()
+    base = f"http://127.0.0.1:{grouped.port}"
+    for path in ("/api/operations/m2", "/api/operations/m2/events"):
+        assert (await asyncio.to_thread(sse_status, base + path, group_token)) == 200, path
+    for path in ("/api/operations/op-b", "/api/operations/op-b/events"):
+        assert (await asyncio.to_thread(sse_status, base + path, group_token)) == 403, path
+    # A chain's later link names its first task too; that task's token is no group's.
+    root_token = token("root")
+    assert (await asyncio.to_thread(sse_status, base + "/api/operations/link2", root_token)) == 403
+
+
+async def test_a_group_cancel_token_cancels_a_member_and_nothing_else(
+    grouped: Bridge, store: EventStore
+) -> None:
+    group_token = token("g1", scopes=["read", "cancel"])
+    client = await WsClient.open(f"{grouped.url}?token={group_token}")
+    assert (await client.request("cancel", operation_id="op-b"))["code"] == "forbidden"
+    assert (await client.request("cancel", operation_id="m1"))["status"] == "cancelling"
+    await client.close()
+    cancel = f"http://127.0.0.1:{grouped.port}/api/operations/%s/cancel"
+    assert (await asyncio.to_thread(http, cancel % "op-b", group_token, method="POST"))[0] == 403
+    assert (await asyncio.to_thread(http, cancel % "m2", group_token, method="POST"))[0] == 202
+    assert [store.snapshot(op)["status"] for op in ("m1", "m2", "op-b")] == [
+        "revoked",
+        "revoked",
+        "queued",
+    ]
+
+
+def sse_status(url: str, bearer: str) -> int:
+    """The status of a GET (an event stream is not read past its head)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.fixture
+async def named(redis_url: str, prefix: str, store: EventStore) -> AsyncIterator[Bridge]:
+    """A secured bridge that requires its issuer and audience."""
+    store_two_operations(store)
+    async with running_bridge(
+        redis_url,
+        prefix,
+        auth_secret=AUTH_SECRET,
+        auth_issuer="https://app.example",
+        auth_audience="taskcast",
+    ) as bridge:
+        yield bridge
+
+
+async def test_a_bridge_with_an_issuer_and_audience_requires_both(named: Bridge) -> None:
+    right = {"issuer": "https://app.example", "audience": "taskcast"}
+    refused = [
+        token(),
+        token(issuer="https://app.example"),
+        token(audience="taskcast"),
+        token(issuer="https://other.example", audience="taskcast"),
+        token(issuer="https://app.example", audience="another-service"),
+    ]
+    api = f"http://127.0.0.1:{named.port}/api/operations/op-a"
+    for bad in refused:
+        assert await close_code(f"{named.url}?token={bad}") == 1008
+        assert (await asyncio.to_thread(http, api, bad))[0] == 401
+    good = token(**right)
+    assert (await asyncio.to_thread(http, api, good))[0] == 200
+    client = await WsClient.open(f"{named.url}?token={good}")
+    assert (await client.request("subscribe", operation_id="op-a"))["status"] == "subscribed"
+    await client.close()
+
+
+async def test_a_token_for_an_audience_is_refused_by_a_bridge_that_names_none(
+    secured: Bridge,
+) -> None:
+    client = await WsClient.open(secured.url)
+    reply = await client.request("auth", token=token(audience="taskcast"))
+    assert reply["code"] == "unauthorized" and "TASKCAST_AUTH_AUDIENCE" in reply["message"]
+    issued = await client.request("auth", token=token(issuer="https://app.example"))
+    assert issued["status"] == "authenticated"  # no issuer configured: iss is not checked
+    await client.close()
+
+
+def test_mint_token_takes_issuer_and_audience_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKCAST_AUTH_ISSUER", "https://app.example")
+    monkeypatch.setenv("TASKCAST_AUTH_AUDIENCE", "taskcast")
+    claims = jwt.decode(token(), AUTH_SECRET, ["HS256"], audience="taskcast")
+    assert (claims["iss"], claims["aud"]) == ("https://app.example", "taskcast")
+    plain = jwt.decode(token(issuer="", audience=""), AUTH_SECRET, ["HS256"])
+    assert "iss" not in plain and "aud" not in plain
+
+
+async def test_metrics_on_a_bridge_with_a_key_need_a_monitor_or_metrics_token(
+    secured: Bridge,
+) -> None:
+    metrics = f"http://127.0.0.1:{secured.port}/metrics"
+    assert (await asyncio.to_thread(http, metrics))[0] == 401
+    assert (await asyncio.to_thread(http, metrics, token("op-a")))[0] == 403
+    for scopes in (["monitor"], ["metrics"]):
+        status, headers = await asyncio.to_thread(http, metrics, token([], scopes=scopes))
+        assert status == 200 and headers["Content-Type"].startswith("text/plain"), scopes
+    scraper = token([], scopes=["metrics"])  # reads no operation
+    api = f"http://127.0.0.1:{secured.port}/api/operations"
+    assert (await asyncio.to_thread(http, api, scraper))[0] == 403
+    assert (await asyncio.to_thread(http, f"{api}/op-a", scraper))[0] == 403

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -62,6 +63,12 @@ async def test_api_returns_the_websocket_reply_objects(bridge: Bridge, store: Ev
     assert [s["operation_id"] for s in orjson.loads(body)["operations"]] == ["op-1"]
     _, _, body = await get(bridge, "/api/operations?status=finished")
     assert orjson.loads(body) == {"operations": []}
+    _, _, body = await get(bridge, "/api/operations?operation_type=demo.a")
+    assert [s["operation_id"] for s in orjson.loads(body)["operations"]] == ["op-1"]
+    _, _, body = await get(bridge, "/api/operations?operation_type=demo.%2A&limit=1&offset=1")
+    assert [s["operation_id"] for s in orjson.loads(body)["operations"]] == ["op-1"]
+    _, _, body = await get(bridge, "/api/operations?operation_type=demo.*&status=finished")
+    assert orjson.loads(body) == {"operations": []}
 
     status, _, body = await get(bridge, "/api/stats")
     stats = orjson.loads(body)["stats"]
@@ -81,6 +88,8 @@ async def test_api_errors_use_the_protocol_error_body(bridge: Bridge) -> None:
     assert status == 400 and orjson.loads(body)["code"] == "bad_request"
     status, _, body = await get(bridge, "/api/operations?limit=0")
     assert status == 400 and orjson.loads(body)["code"] == "bad_request"
+    status, _, body = await get(bridge, f"/api/operations?operation_type={'x' * 257}")
+    assert status == 400 and "operation_type must be 1 to 256" in orjson.loads(body)["message"]
     status, _, _ = await get(bridge, "/nowhere")
     assert status == 404
 
@@ -163,17 +172,27 @@ async def test_websocket_upgrades_on_root_and_ws_only(bridge: Bridge) -> None:
     assert status == 426 and orjson.loads(body)["code"] == "bad_request"
 
 
-async def test_pages_on_other_origins_may_import_the_client_and_read_the_api(
-    static_bridge: Bridge,
+async def test_listed_origins_may_import_the_client_and_read_the_api(
+    redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    def headers(path: str) -> dict[str, str]:
-        url = f"http://127.0.0.1:{static_bridge.port}{path}"
-        request = urllib.request.Request(url, headers={"Origin": "http://app.example"})
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return dict(reply.headers)
+    (tmp_path / "taskcast.js").write_text("export class TaskcastClient {}")
+    listed = "http://app.example"
+    async with running_bridge(
+        redis_url, prefix, static_dir=tmp_path, allowed_origins=(listed,)
+    ) as bridge:
 
-    for path in ("/taskcast.js", "/api/operations"):
-        assert (await asyncio.to_thread(headers, path))["Access-Control-Allow-Origin"] == "*"
+        def headers(path: str, origin: str) -> dict[str, str]:
+            url = f"http://127.0.0.1:{bridge.port}{path}"
+            request = urllib.request.Request(url, headers={"Origin": origin})
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return dict(reply.headers)
+
+        for path in ("/taskcast.js", "/api/operations"):
+            assert (await asyncio.to_thread(headers, path, listed))[
+                "Access-Control-Allow-Origin"
+            ] == listed
+            with pytest.raises(urllib.error.HTTPError, match="403"):
+                await asyncio.to_thread(headers, path, "http://elsewhere.example")
 
 
 async def request(

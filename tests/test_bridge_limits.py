@@ -101,27 +101,60 @@ async def test_a_client_that_floods_subscribes_and_vanishes_leaves_nothing_behin
     assert status == 200
 
 
-async def test_commands_beyond_the_rate_are_refused_and_the_connection_lives(
+async def test_commands_beyond_the_rate_get_one_refusal_a_second_and_the_connection_lives(
     redis_url: str, prefix: str
 ) -> None:
     async with running_bridge(redis_url, prefix, command_rate=5, command_burst=10) as bridge:
         client = await WsClient.open(bridge.url)
         for n in range(30):
-            await client.send({"command": "ping", "request_id": n})
-        replies = [
-            await client.wait_for(lambda f, n=n: f.get("request_id") == n) for n in range(30)
-        ]
-        statuses = [reply.get("code", reply.get("status")) for reply in replies]
-        pongs = statuses.count("pong")
-        assert 10 <= pongs <= 20  # the burst, plus what refilled while they arrived (5/s)
-        assert statuses.count("rate_limited") == 30 - pongs
+            await client.send({"command": "ping", "request_id": f"flood-{n:02}"})
+        await client.wait_for(lambda f: f.get("code") == "rate_limited")
 
         async def pong_again() -> bool:
-            reply = await client.request("ping")
+            try:  # a ping refused within a second of the last refusal gets no reply
+                reply = await client.request("ping", timeout=0.3)
+            except AssertionError:
+                return False
             return reply.get("status") == "pong"
 
         await eventually(pong_again, timeout=5)
+        replies = [f for f in client.frames if str(f.get("request_id")).startswith("flood-")]
+        statuses = [reply.get("code", reply.get("status")) for reply in replies]
+        assert statuses[:10] == ["pong"] * 10  # the burst
+        assert statuses[10:] == ["rate_limited"]  # the first refused; the others dropped
+        ids = [reply["request_id"] for reply in replies]
+        assert ids == sorted(ids), "replies keep the commands' order: it shows what was dropped"
         await client.close()
+
+
+async def test_a_client_flooding_past_the_rate_without_reading_is_closed_and_costs_little(
+    redis_url: str, prefix: str
+) -> None:
+    """Finding 1 of issue 18: unread pings (no token needed) grew the bridge by 2 GB."""
+    async with running_bridge(redis_url, prefix, send_buffer_bytes=64 * 1024) as bridge:
+        flooders = [await connect(bridge.url) for _ in range(20)]
+        ping = orjson.dumps({"command": "ping", "request_id": 1}).decode()
+        for ws in flooders:
+            ws.transport.pause_reading()
+        peak = 0
+        for _ in range(20):
+            for ws in flooders:
+                for _ in range(100):
+                    ws.protocol.send_text(ping.encode())
+                ws.transport.write(b"".join(ws.protocol.data_to_send()))
+            await asyncio.sleep(0)
+            peak = max(peak, bridge.hub.buffered_bytes)
+        await eventually(lambda: not bridge.hub.connections, timeout=15)
+        assert peak <= 20 * (64 * 1024 + 4096), f"the bridge held {peak} bytes for them"
+        assert bridge.hub.buffered_bytes == 0
+        for ws in flooders:
+            ws.transport.resume_reading()
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1008
+        status, _, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{bridge.port}/healthz")
+        assert status == 200
 
 
 async def open_from(url: str, source: str) -> ClientConnection:
@@ -176,3 +209,103 @@ async def test_a_client_that_never_reads_its_replies_is_closed_as_a_slow_consume
             while True:
                 await asyncio.wait_for(ws.recv(), 5)
         assert ws.close_code == 4008
+
+
+async def http_status(port: int, source: str, path: str = "/healthz") -> int | None:
+    """One HTTP request from ``source``; its status, or None without an answer in 1 s."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 1
+        )
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        line = await asyncio.wait_for(reader.readline(), 1)
+        writer.close()
+    except (OSError, asyncio.TimeoutError):
+        return None
+    return int(line.split()[1]) if line else None
+
+
+async def half_head(port: int, source: str) -> asyncio.StreamWriter:
+    _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    return writer
+
+
+async def test_half_open_request_heads_never_lock_out_health_probes(
+    redis_url: str, prefix: str
+) -> None:
+    """Finding 2 of issue 18: unfinished heads from four addresses under the per-address
+    cap took the global head cap, and newcomers (the liveness probe) were refused."""
+    async with running_bridge(redis_url, prefix, max_connections=160) as bridge:
+        heads = bridge.caps.heads
+        attackers = [f"127.0.0.{n}" for n in range(2, 6)]
+        held = [await half_head(bridge.port, source) for source in attackers for _ in range(40)]
+        await eventually(lambda: len(heads) == heads.total)  # 20: the attack holds them all
+        assert max(heads.by_address.values()) <= heads.per_address
+        statuses = [
+            await http_status(bridge.port, source)
+            for _ in range(10)
+            for source in ("127.0.0.9", attackers[0])
+        ]
+        assert statuses == [200] * 20
+        assert len(heads) <= heads.total
+        for writer in held:
+            writer.close()
+
+
+async def test_an_idle_head_is_dropped_long_before_a_slow_one(redis_url: str, prefix: str) -> None:
+    async with running_bridge(redis_url, prefix) as bridge:
+        idle_reader, idle = await asyncio.open_connection("127.0.0.1", bridge.port)
+        slow_reader, slow = await asyncio.open_connection("127.0.0.1", bridge.port)
+        idle.write(b"GET /healthz HTTP/1.1\r\n")
+        slow.write(b"GET /healthz HTTP/1.1\r\n")
+
+        async def trickle() -> None:  # a byte every 0.4 s: slow, never idle
+            for byte in b"Host: x\r\n\r\n":
+                await asyncio.sleep(0.4)
+                slow.write(bytes([byte]))
+
+        sending = asyncio.create_task(trickle())
+        started = time.monotonic()
+        assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+        assert time.monotonic() - started < 4  # IDLE_HEAD_TIMEOUT, not the 10 s deadline
+        await sending
+        assert (await asyncio.wait_for(slow_reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+        idle.close()
+        slow.close()
+
+
+async def test_a_pipelined_request_is_refused_with_a_status(redis_url: str, prefix: str) -> None:
+    async with running_bridge(redis_url, prefix) as bridge:
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        writer.write(request + request)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 400") and b"pipelined" in answer
+        writer.close()
+
+
+async def test_http_bodies_count_against_the_bridge_wide_budget(
+    redis_url: str, prefix: str, store: EventStore
+) -> None:
+    """Listings sent to clients that do not read are held until the handshake timeout:
+    they are counted, and past the budget a request gets 503 while /healthz answers."""
+    for n in range(200):
+        store.append(Event("log", f"op-{n}", log_data("info", "x" * 300)))
+    async with running_bridge(redis_url, prefix, max_buffered_bytes=256 * 1024) as bridge:
+        request = b"GET /api/operations?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        readers = []
+        statuses = []
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
+            writer.write(request)
+            readers.append((reader, writer))
+        await eventually(lambda: bridge.hub.buffered_bytes > 128 * 1024)
+        for reader, writer in readers:
+            writer.transport.resume_reading()  # type: ignore[attr-defined]
+            statuses.append(int((await asyncio.wait_for(reader.readline(), 5)).split()[1]))
+            writer.close()
+        assert 200 in statuses and 503 in statuses
+        assert await http_status(bridge.port, "127.0.0.1") == 200
+        await eventually(lambda: bridge.hub.buffered_bytes == 0)

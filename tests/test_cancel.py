@@ -3,22 +3,35 @@
 Prefork workers kill the task when asked to terminate; every pool stops it
 cooperatively at its next helper call. Both are checked with real workers:
 the session's in-process threads-pool worker and a ``celery worker``
-subprocess with the prefork pool.
+subprocess with the prefork pool. Cancels come over WebSocket and HTTP, from
+the Python clients and from ``taskcast cancel``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 from bridge_helpers import WsClient, running_bridge
 from celery import Celery, group
-from helpers import AUTH_SECRET, WorkerProcess, events_of, wait_finished, wait_for
+from helpers import (
+    AUTH_SECRET,
+    WorkerProcess,
+    events_of,
+    one_line,
+    taskcast,
+    wait_finished,
+    wait_for,
+    worker_env,
+)
 
 from taskcast import mint_token
 from taskcast.bridge import Bridge
+from taskcast.client import CommandError, SyncClient, TaskcastClient
 from taskcast.store import EventStore
 from taskcast.worker_config import Settings
 
@@ -126,3 +139,88 @@ async def test_http_cancel_needs_the_cancel_scope(
     assert await asyncio.to_thread(post, allowed) == 202
     assert wait_finished(store, result.id)["status"] == "revoked"
     assert await asyncio.to_thread(post, allowed) == 409  # already ended
+
+
+async def test_the_python_client_cancels_a_running_task_and_raises_on_refusals(
+    bridge_for_workers: Bridge, task_app: Celery, store: EventStore
+) -> None:
+    result = task_app.send_task("test.sleep", kwargs={"seconds": 60, "steps": 600})
+    await asyncio.to_thread(wait_running, store, result.id)
+    token = mint_token(
+        [result.id, "never-submitted"], scopes=["read", "cancel"], secret=AUTH_SECRET
+    )
+    async with TaskcastClient(bridge_for_workers.url, token=token) as client:
+        reply = await client.cancel(result.id)
+        assert (reply["status"], reply["operation_id"]) == ("cancelling", result.id)
+        ending = [event async for event in client.watch(result.id)][-1]
+        with pytest.raises(CommandError) as again:
+            await client.cancel(result.id)
+        with pytest.raises(CommandError) as unknown:
+            await client.cancel("never-submitted")
+    assert (ending["event_type"], ending["data"]["status"]) == ("error", "revoked")
+    assert again.value.code == "bad_request" and "already ended" in again.value.message
+    assert unknown.value.code == "not_found"
+    await asyncio.to_thread(result.get, timeout=15, propagate=False)
+    assert result.state == "REVOKED"
+
+
+async def test_the_sync_client_cancels_a_queued_task(
+    bridge_for_workers: Bridge, task_app: Celery, store: EventStore, prefix: str
+) -> None:
+    """Sent to a queue no worker reads, the task stays queued until it is cancelled."""
+    result = task_app.send_task("test.sleep", queue=f"{prefix}nobody")
+    assert store.snapshot(result.id)["status"] == "queued"
+    token = mint_token([result.id], scopes=["cancel"], secret=AUTH_SECRET)
+
+    def cancel() -> dict:
+        with SyncClient(bridge_for_workers.url, token=token) as client:
+            return client.cancel(result.id)
+
+    assert (await asyncio.to_thread(cancel))["status"] == "cancelling"
+    assert (await asyncio.to_thread(wait_finished, store, result.id))["status"] == "revoked"
+
+
+async def test_the_cancel_command_ends_queued_and_running_tasks_revoked(
+    bridge_for_workers: Bridge,
+    task_app: Celery,
+    store: EventStore,
+    worker_process: Callable[..., WorkerProcess],
+    task_settings: Settings,
+    prefix: str,
+) -> None:
+    """One prefork process: one task runs, the next waits in the queue; both are cancelled
+    from the command line, the running one with --terminate, and the queued one never runs."""
+    worker = worker_process(pool="prefork", concurrency=1)
+    running, queued = (
+        task_app.send_task("test.sleep_unacked", kwargs={"seconds": 60}, queue=worker.queue)
+        for _ in range(2)
+    )
+    await asyncio.to_thread(
+        wait_for, lambda: (store.snapshot(running.id) or {}).get("status") == "processing", 15
+    )
+    ops = [running.id, queued.id, "never-submitted"]
+    allowed = mint_token(ops, scopes=["read", "cancel"], secret=AUTH_SECRET)
+    env = worker_env(replace(task_settings, prefix=prefix))
+
+    def cancel(*args: str, token: str = allowed) -> subprocess.CompletedProcess:
+        return taskcast("cancel", *args, "--url", bridge_for_workers.url, "--token", token, env=env)
+
+    first = await asyncio.to_thread(cancel, queued.id)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith(f"cancelling {queued.id}")
+    killed = await asyncio.to_thread(cancel, running.id, "--terminate")
+    assert killed.returncode == 0, killed.stderr
+    for result in (running, queued):
+        assert (await asyncio.to_thread(wait_finished, store, result.id))["status"] == "revoked"
+        await asyncio.to_thread(result.get, timeout=15, propagate=False)
+        assert result.state == "REVOKED"
+    assert "running" not in [e["data"].get("status") for e in events_of(store, queued.id)]
+
+    again = await asyncio.to_thread(cancel, queued.id)
+    assert again.returncode == 1
+    assert "cannot cancel" in one_line(again) and "already ended (revoked)" in again.stderr
+    unknown = await asyncio.to_thread(cancel, "never-submitted")
+    assert unknown.returncode == 4 and "not_found" in one_line(unknown)
+    read_only = mint_token(ops, secret=AUTH_SECRET)
+    refused = await asyncio.to_thread(cancel, queued.id, token=read_only)
+    assert refused.returncode == 5 and "a token with the cancel scope" in one_line(refused)

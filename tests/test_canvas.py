@@ -11,6 +11,8 @@ from celery import Celery, chain, chord, group, signals
 
 from taskcast.events import Parent
 from taskcast.members import CHORD_TYPE, GROUP_TYPE
+from taskcast.tasks import canvas
+from taskcast.tasks.canvas import Held
 from taskcast.tasks.lifecycle import parent_at_publish
 
 app = Celery("canvas_probe", broker="memory://", backend="cache+memory://")
@@ -75,3 +77,26 @@ def test_a_plain_task_has_no_parent(published) -> None:
     app.tasks["probe.add"].apply_async((1,))
     chain(app.tasks["probe.add"].s(1), app.tasks["probe.add"].s()).apply_async()
     assert [parent for _, parent in seen] == [None, None]
+
+
+def test_a_chord_body_and_a_chain_end_are_held_by_the_first_message_naming_them() -> None:
+    """The ids ``chord(...)()`` and ``chain(...).apply_async()`` return, as recorded before
+    any member or link can run (the rest of a chain is published by workers)."""
+    held: list[list[Held]] = []
+
+    def record(headers: dict[str, Any], body: Any, **_: Any) -> None:
+        held.append(canvas.held_at_publish(headers, body[2], canvas.group_position()))
+
+    signals.before_task_publish.connect(record, weak=False)
+    try:
+        add = app.tasks["probe.add"]
+        chorded = chord([add.s(1), add.s(2)], add.si(9)).apply_async()
+        chained = chain(add.s(1), add.s(), add.s()).apply_async()
+    finally:
+        signals.before_task_publish.disconnect(record)
+    chord_id, first_link = chorded.parent.id, chained.parent.parent.id
+    assert held == [
+        [Held(chorded.id, "probe.add", "chord member", Parent(chord_id, aggregates=False))],
+        [],
+        [Held(chained.id, "probe.add", "chain link", Parent(first_link, aggregates=False))],
+    ]

@@ -15,7 +15,7 @@ import pytest
 import redis
 from bridge_helpers import RestartableBridge, eventually, running_bridge
 from celery import Celery
-from helpers import AUTH_SECRET, ROOT_DIR, events_of, wait_finished
+from helpers import AUTH_SECRET, ROOT_DIR, events_of, one_line, taskcast, wait_finished
 
 import taskcast.client as client_module
 from taskcast import mint_token
@@ -24,16 +24,6 @@ from taskcast.client import BridgeUnavailable, CommandError, SyncClient, Taskcas
 from taskcast.embedded_redis import EmbeddedRedis, free_port
 from taskcast.events import Event, log_data, status_data
 from taskcast.store import EventStore
-
-
-def taskcast(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "taskcast", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def seqs(events: list[dict[str, Any]]) -> list[int]:
@@ -54,6 +44,17 @@ async def test_watch_yields_every_event_once_and_ends_after_the_terminal_one(
     assert events == events_of(store, result.id)
     assert seqs(events) == list(range(1, len(events) + 1))
     assert events[-1]["event_type"] == "completed"
+
+
+async def test_list_operations_by_type_from_the_client(store: EventStore, bridge: Bridge) -> None:
+    for n, kind in enumerate(["reports.daily", "mail.send", "reports.weekly"]):
+        store.append(Event("status", f"op{n}", status_data("queued"), operation_type=kind))
+    async with TaskcastClient(bridge.url) as client:
+        reports = await client.list_operations(operation_type="reports.*")
+        assert [op["operation_id"] for op in reports] == ["op2", "op0"]
+        page = await client.list_operations("active", 1, 1, operation_type="reports.*")
+        assert [op["operation_id"] for op in page] == ["op0"]
+        assert await client.list_operations(operation_type="reports.monthly") == []
 
 
 async def test_watch_resumes_across_a_bridge_restart_without_gap_or_duplicate(
@@ -176,11 +177,17 @@ def test_clients_report_an_absent_bridge_in_one_line() -> None:
     url = f"ws://127.0.0.1:{free_port()}/ws"
     with pytest.raises(BridgeUnavailable):
         SyncClient(url)
-    for command in (["watch", "some-id"], ["stats"], ["monitor", "--duration", "1"]):
+    for command in (
+        ["watch", "some-id"],
+        ["stats"],
+        ["monitor", "--duration", "1"],
+        ["cancel", "x"],
+    ):
         run = taskcast(*command, "--url", url, env=dict(os.environ))
         assert run.returncode == 3, run.stderr
-        assert run.stderr.startswith("taskcast: cannot reach the taskcast bridge at")
-        assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+        line = one_line(run)
+        assert line.startswith(f"taskcast {command[0]}: cannot reach the taskcast bridge at")
+        assert "--url" in line
 
 
 def test_watch_command_exit_codes(
@@ -196,6 +203,17 @@ def test_watch_command_exit_codes(
     bad = taskcast("watch", failed.id, "--url", url, env=restartable_bridge.env)
     assert bad.returncode == 1
     assert "failed" in bad.stdout and "CodeValidationError" in bad.stdout
+
+
+def test_watch_of_a_completed_task_no_longer_says_it_waits_for_a_worker(
+    run_task: Callable[..., Any], restartable_bridge: RestartableBridge
+) -> None:
+    """Its queued status said "Waiting for a worker"; running (no message) replaced it."""
+    done = run_task("test.plain_add", {"a": 1, "b": 2})
+    assert done.events[0]["data"]["message"] == "Waiting for a worker"
+    shown = taskcast("watch", done.id, "--url", restartable_bridge.url, env=restartable_bridge.env)
+    assert shown.returncode == 0, shown.stderr
+    assert "completed" in shown.stdout and "Waiting for a worker" not in shown.stdout
 
 
 def test_submit_with_watch_follows_the_task_to_completion(
@@ -303,20 +321,18 @@ def test_cli_says_what_is_wrong_instead_of_hanging(
     env, url = restartable_bridge.env, restartable_bridge.url
     unknown_task = taskcast("submit", "no.such.task", env=env)
     assert unknown_task.returncode == 4
-    assert unknown_task.stderr.count("\n") == 1
-    assert "has the task 'no.such.task' registered" in unknown_task.stderr
+    assert "has the task 'no.such.task' registered" in one_line(unknown_task)
     assert unknown_task.stdout == ""  # nothing was sent, so no id to follow
 
     started = time.monotonic()
     unknown_id = taskcast("watch", "never-submitted", "--wait", "1", "--url", url, env=env)
     assert unknown_id.returncode == 4 and time.monotonic() - started < 20
-    assert "no operation never-submitted in the event store" in unknown_id.stderr
+    assert "no operation never-submitted in the event store" in one_line(unknown_id)
 
     http_url = url.replace("ws://", "http://")
     wrong_scheme = taskcast("watch", "anything", "--url", http_url, env=env)
     assert wrong_scheme.returncode == 2
-    assert wrong_scheme.stderr.strip().count("\n") == 0
-    assert "ws://HOST:PORT/ws" in wrong_scheme.stderr
+    assert "ws://HOST:PORT/ws" in one_line(wrong_scheme)
 
 
 async def test_several_watches_and_monitors_on_one_client_each_get_every_event_once(
@@ -369,4 +385,33 @@ def test_watch_says_when_the_bridge_wants_a_token(
     wrong = taskcast("watch", "op-guarded", "--url", secured_bridge.url, "--token", other, env=env)
     for run in (without, wrong):
         assert run.returncode == 5, run.stderr
-        assert "--token" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+        assert "read scope" in one_line(run) and "--token" in run.stderr
+
+
+async def test_requests_over_the_rate_limit_fail_instead_of_waiting_for_ever(
+    redis_url: str, prefix: str
+) -> None:
+    """The bridge answers one refusal a second and drops the rest: the client must still
+    settle every request (replies keep the commands' order)."""
+    async with (
+        running_bridge(redis_url, prefix, command_rate=20, command_burst=20) as bridge,
+        TaskcastClient(bridge.url) as client,
+    ):
+        results = await asyncio.wait_for(
+            asyncio.gather(*(client.get_stats() for _ in range(200)), return_exceptions=True),
+            timeout=10,
+        )
+        refused = [r for r in results if isinstance(r, CommandError)]
+        answered = [r for r in results if isinstance(r, dict)]
+        assert len(refused) + len(answered) == 200
+        assert {error.code for error in refused} == {"rate_limited"}
+        assert 20 <= len(answered) < 200
+
+        async def served() -> bool:
+            try:
+                return (await client.get_stats())["connected_clients"] == 1
+            except CommandError as exc:  # still within the refusals' second
+                assert exc.code == "rate_limited"
+                return False
+
+        await eventually(served, timeout=5)  # the connection lives and serves again

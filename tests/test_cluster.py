@@ -86,6 +86,28 @@ def test_every_append_touches_one_slot_and_partitions_spread_over_the_masters(
     assert updated == sorted(updated, reverse=True)  # one listing merged from 3 partitions
 
 
+async def test_a_type_filter_lists_from_every_partition_of_a_cluster(
+    cluster_settings: Settings, cluster_store: EventStore
+) -> None:
+    """The type indexes sit in their partition's slot: the append names them, and a
+    listing by type or prefix (the store's, the bridge's) merges them over the masters."""
+    ops = ops_in_every_partition(cluster_store)
+    for n, op in enumerate(ops):
+        kind = "reports.daily" if n % 2 else "reports.weekly"
+        cluster_store.append(Event("status", op, status_data("queued"), operation_type=kind))
+    daily = cluster_store.list_operations(operation_type="reports.daily")
+    every = cluster_store.list_operations(operation_type="reports.*")
+    assert sorted(s["operation_id"] for s in daily) == sorted(ops[1::2])
+    assert sorted(s["operation_id"] for s in every) == sorted(ops)
+    updated = [snapshot["updated_at"] for snapshot in every]
+    assert updated == sorted(updated, reverse=True)
+    async with cluster_bridge(cluster_settings) as bridge:
+        client = await WsClient.open(bridge.url)
+        reply = await client.request("list_operations", operation_type="reports.*")
+        await client.close()
+    assert reply["operations"] == every
+
+
 async def test_the_bridge_replays_streams_and_resumes_across_partitions(
     cluster_settings: Settings, cluster_store: EventStore
 ) -> None:

@@ -46,6 +46,8 @@ def test_every_command_parses_with_its_fields_and_defaults() -> None:
     listed = parse({"command": "list_operations", "status": "active", "limit": 5})
     assert (listed.status, listed.limit, listed.offset) == ("active", 5, 0)
     assert parse({"command": "list_operations", "offset": 2000}).offset == 2000
+    by_type = parse({"command": "list_operations", "operation_type": "reports.*", "limit": 5})
+    assert (by_type.operation_type, by_type.limit) == ("reports.*", 5)
     assert parse({"command": "get_stats"}).name == "get_stats"
     assert parse({"command": "ping", "request_id": 1.5}).request_id == 1.5
 
@@ -100,6 +102,8 @@ def test_unparseable_frames_are_bad_requests_without_request_id(
         ({"command": "list_operations", "limit": "10"}, "limit must be an integer >= 1"),
         ({"command": "list_operations", "status": 1}, "status must be a string"),
         ({"command": "list_operations", "offset": -1}, "offset must be an integer >= 0"),
+        ({"command": "list_operations", "operation_type": 1}, "operation_type must be a string"),
+        ({"command": "list_operations", "operation_type": ""}, "operation_type must be 1 to 256"),
     ],
 )
 def test_wrong_fields_are_bad_requests_that_echo_the_request_id(message: dict, text: str) -> None:

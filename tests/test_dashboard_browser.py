@@ -205,6 +205,37 @@ def test_a_running_task_shows_its_time_left_until_it_ends(
     expect(page.get_by_test_id("detail-eta")).to_have_text("")
 
 
+def test_the_type_box_narrows_the_list_to_a_type_or_a_prefix(
+    page: Page, restartable_bridge: RestartableBridge, store: EventStore
+) -> None:
+    """What finds operations by task name on the page: the list keeps the rows of the
+    type typed (or of the types starting with a prefix ending in ``*``), live ones too."""
+    for op, kind in (("r1", "reports.daily"), ("m1", "mail.send"), ("r2", "reports.weekly")):
+        store.append(Event("status", op, status_data("running"), operation_type=kind))
+    open_dashboard(page, page_url(restartable_bridge))
+    rows = page.locator("#operations > [data-testid=operation-row]")
+    box = page.get_by_test_id("type-filter")
+
+    def shown(*ids: str) -> None:
+        expect(rows).to_have_count(len(ids))
+        assert rows.evaluate_all("rows => rows.map(row => row.dataset.operationId)") == list(ids)
+
+    shown("r2", "m1", "r1")
+    box.fill("reports.*")
+    shown("r2", "r1")
+    store.append(Event("status", "r3", status_data("running"), operation_type="reports.monthly"))
+    store.append(Event("status", "m2", status_data("running"), operation_type="mail.send"))
+    shown("r3", "r2", "r1")
+    screenshot(page, "dashboard-type-filter.png")
+    box.fill("mail.send")
+    shown("m2", "m1")
+    box.fill("reports")  # no such type: a prefix needs its *
+    shown()
+    expect(page.get_by_test_id("operations-empty")).to_have_text("No operations of type reports.")
+    box.fill("")
+    shown("m2", "r3", "r2", "m1", "r1")
+
+
 # --- access control -------------------------------------------------------------------
 
 

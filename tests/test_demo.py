@@ -72,6 +72,7 @@ async def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
         time.sleep(0.1)
     assert alive == [], [p.cmdline() for p in alive]
     assert any("demo stopped" in line for line in lines)
+    assert not any("shutdown (MainProcess)" in line for line in lines), lines[-5:]  # Celery's
 
 
 def test_ctrl_c_stops_every_child() -> None:

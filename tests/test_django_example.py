@@ -31,13 +31,15 @@ def site(task_settings: Settings, prefix: str, tmp_path: Path) -> Iterator[str]:
     )
     env = worker_env(settings)
     env.pop("PYTHONPATH")  # the project needs nothing from the test suite
-    bridge = BridgeProcess("--port", "0", env=env)
+    django_port = free_port()
+    # The page is on Django's origin: the bridge serves it only when listed (README).
+    page_origin = {"TASKCAST_ALLOWED_ORIGINS": f"http://127.0.0.1:{django_port}"}
+    bridge = BridgeProcess("--port", "0", env={**env, **page_origin})
     worker = WorkerProcess(env, "celery", tmp_path / "shop.log", app="shop", cwd=PROJECT)
     server: subprocess.Popen[bytes] | None = None
     try:
         port = bridge.wait_listening()
         worker.start().wait_ready()
-        django_port = free_port()
         server = subprocess.Popen(
             [sys.executable, "manage.py", "runserver", f"127.0.0.1:{django_port}", "--noreload"],
             cwd=PROJECT,

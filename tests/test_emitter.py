@@ -18,13 +18,6 @@ from taskcast.tasks.producer import Producer
 from taskcast.worker_config import Settings
 
 
-@pytest.fixture
-def producer(task_settings: Settings, prefix: str):
-    producer = Producer(replace(task_settings, prefix=prefix))
-    yield producer
-    producer.close()
-
-
 def test_context_manager_emits_running_then_completed_with_duration(producer, store) -> None:
     emitter = Emitter(producer)
     with emitter.operation("report.build", {"user": "ann"}) as op:

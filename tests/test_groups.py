@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge_helpers import WsClient
-from celery import Celery, chord, group
+from celery import Celery, chain, chord, group
 from celery.canvas import Signature
-from helpers import events_of, gap_free
+from helpers import events_of, gap_free, summary, wait_finished
 from rich.console import Console
 from rich.progress import Progress
 
@@ -111,6 +111,77 @@ async def test_a_chord_counts_its_body_as_its_last_member(
     assert snapshot["operation_type"] == "celery.chord"
     assert_members(store, chord_id, [child.id for child in result.parent.results] + [result.id])
     assert store.snapshot(result.id)["status"] == "completed"
+    body = summary(events_of(store, result.id))
+    assert body[0] == "status:queued" and body.count("status:queued") == 1
+
+
+async def watch(bridge: Bridge, operation_id: str) -> tuple[int, str]:
+    """``taskcast watch``'s exit code and what it printed."""
+    output = io.StringIO()
+    console = Console(file=output, width=200, force_terminal=False)
+    async with TaskcastClient(bridge.url) as client:
+        code = await follow_in_terminal(client, operation_id, console)
+    return code, output.getvalue()
+
+
+def assert_ended_once(store: EventStore, operation_id: str, last: str) -> dict[str, Any]:
+    """The operation's history starts with its one ``queued`` and ends with its one terminal
+    event ``last``; that event's data."""
+    events = events_of(store, operation_id)
+    kinds = summary(events)
+    assert kinds[0] == "status:queued" and kinds.count("status:queued") == 1, kinds
+    assert kinds[-1] == last and kinds.count("completed") + kinds.count("error") == 1, kinds
+    assert gap_free(events)
+    return events[-1]["data"]
+
+
+async def test_the_id_a_chord_returns_fails_with_its_failing_member(
+    worker_process, task_app: Celery, store: EventStore, bridge: Bridge
+) -> None:
+    """Celery never runs the body of a chord whose member failed: the id the caller holds
+    is watchable all the same, and ends with that member's error."""
+    worker = worker_process(concurrency=3)
+    header = [steps(task_app, worker.queue, count=2, fail=(n == 1)) for n in range(3)]
+    result = chord(header, task_app.signature("test.total", queue=worker.queue)).apply_async()
+    code, text = await watch(bridge, result.id)
+
+    failing = result.parent.results[1].id
+    assert code == 1 and "asked to fail" in text and failing[:8] in text
+    data = assert_ended_once(store, result.id, "error")
+    assert data["status"] == "failed" and data["error_type"] == "ValueError"
+    assert data["error"] == f"chord member {failing} failed: asked to fail"
+    snapshot = store.snapshot(result.id)
+    assert snapshot["parent_id"] == result.parent.id and snapshot["operation_type"] == "test.total"
+
+
+async def test_the_id_a_chain_returns_fails_when_its_first_link_fails(
+    worker_process, task_app: Celery, store: EventStore, bridge: Bridge
+) -> None:
+    worker = worker_process()
+    links = [steps(task_app, worker.queue, count=1, fail=(n == 0)).set(immutable=True)
+             for n in range(3)]
+    result = chain(*links).apply_async()
+    code, text = await watch(bridge, result.id)
+
+    first = result.parent.parent.id
+    assert code == 1 and "asked to fail" in text
+    data = assert_ended_once(store, result.id, "error")
+    assert data["error"] == f"chain link {first} failed: asked to fail"
+    assert store.snapshot(result.id)["parent_id"] == first
+    assert store.snapshot(result.parent.id) is None  # the middle link was never published
+
+
+def test_the_id_a_chain_returns_completes_after_its_links(
+    worker_process, task_app: Celery, store: EventStore
+) -> None:
+    worker = worker_process()
+    links = [steps(task_app, worker.queue, count=1).set(immutable=True) for _ in range(3)]
+    result = chain(*links).apply_async()
+    wait_finished(store, result.id, timeout=30)
+
+    assert result.get(timeout=10) == 1
+    assert_ended_once(store, result.id, "completed")
+    assert store.snapshot(result.id)["worker"] is not None
 
 
 async def test_watch_shows_the_combined_bar_and_a_line_per_member(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 
 import pytest
 
+from taskcast.bridge.commands import encode, error_frame
 from taskcast.bridge.hub import LIVE, REPLAYED, REPLY, Connection, Hub, Subscription, stored_at
 from taskcast.keys import LiveEvent
 
@@ -25,13 +27,19 @@ def stored(op: str, seq: int) -> tuple[int, bytes]:
 class Recorder:
     """A hub with callbacks that record what the adapter would be asked to do."""
 
-    def __init__(self, send_buffer_bytes: int = 1 << 20, max_subscriptions: int = 1000) -> None:
+    def __init__(
+        self,
+        send_buffer_bytes: int = 1 << 20,
+        max_subscriptions: int = 1000,
+        max_buffered_bytes: int = 0,
+    ) -> None:
         self.ready: list[Connection] = []
         self.overflowed: list[Connection] = []
         self.resyncs: list[tuple[Connection, Subscription]] = []
         self.hub = Hub(
             send_buffer_bytes=send_buffer_bytes,
             max_subscriptions=max_subscriptions,
+            max_buffered_bytes=max_buffered_bytes,
             on_ready=self.ready.append,
             on_overflow=self.overflowed.append,
             on_resync=lambda conn, sub: self.resyncs.append((conn, sub)),
@@ -324,3 +332,59 @@ def test_an_operation_unknown_at_subscribe_takes_the_epoch_of_its_first_events()
     r.hub.publish([event("op", 9, epoch="e1"), event("op", 1, epoch="e2")])
     r.hub.finish_subscribe(conn, sub, b"reply", [], 0, "")
     assert sub.epoch == "e2" and r.seqs(conn, "op") == [1]
+
+
+def test_queued_replies_are_charged_at_least_what_they_occupy() -> None:
+    """The finding of issue 18: 100-byte replies each held 4 KiB while charged 100 B."""
+    r = Recorder()
+    conn = r.connect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for request_id in range(5000):
+            r.hub.send(conn, error_frame("rate_limited", "too many commands", request_id))
+            r.hub.send(conn, encode({"status": "pong", "timestamp": 1.5}, request_id))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= conn.queued_bytes == r.hub.buffered_bytes
+    assert conn.queued_bytes < 2 * held  # charged near what is held, not far above
+    r.drain(conn)
+    assert conn.queued_bytes == r.hub.buffered_bytes == 0
+
+
+def test_the_bridge_wide_cap_condemns_those_owed_the_most_never_a_reader() -> None:
+    r = Recorder(send_buffer_bytes=1 << 30, max_buffered_bytes=100_000)
+    readers = [r.connect() for _ in range(3)]
+    stalled = [r.connect() for _ in range(5)]
+    for conn in readers + stalled:
+        r.subscribe(conn, "op")
+        r.drain(conn)
+    for seq in range(1, 200):
+        r.hub.publish([event("op", seq, size=1000)])
+        for conn in readers:
+            assert r.seqs(conn, "op") == [seq]
+    assert set(r.overflowed) == set(stalled) and len(r.overflowed) == len(stalled)
+    assert r.hub.stats.budget_evictions == len(stalled)
+    assert not any(conn.closed for conn in readers)
+    assert r.hub.buffered_bytes == sum(conn.queued_bytes for conn in readers) == 0
+
+
+def test_the_cap_sheds_down_to_seven_eighths_taking_the_biggest_first() -> None:
+    r = Recorder(send_buffer_bytes=1 << 30, max_buffered_bytes=80_000)
+    small, big = r.connect(), r.connect()
+    for _ in range(30):
+        r.hub.send(small, b"s" * 1000)
+    for _ in range(40):
+        r.hub.send(big, b"b" * 1000)
+    assert r.overflowed == [big] and not small.closed
+    assert r.hub.buffered_bytes == small.queued_bytes <= 70_000
+
+
+def test_replies_to_a_condemned_connection_are_neither_queued_nor_charged() -> None:
+    r = Recorder(max_buffered_bytes=10_000)
+    conn = r.connect()
+    for _ in range(100):
+        r.hub.send(conn, b"x" * 500)
+    assert r.overflowed == [conn] and conn.closed
+    assert r.hub.buffered_bytes == conn.queued_bytes == 0 and not conn.outbox

@@ -161,6 +161,8 @@ def test_a_chord_body_is_its_last_member(store: EventStore) -> None:
     snapshot = store.snapshot(GROUP)
     assert snapshot["status"] == "completed" and snapshot["operation_type"] == CHORD_TYPE
     assert snapshot["children"] == ["h1", "h2", "body"]
+    listed = store.list_operations(operation_type="celery.*")
+    assert [s["operation_id"] for s in listed] == [GROUP]  # found by its type, like any
 
 
 def test_members_of_a_group_nobody_recorded_change_nothing(store: EventStore) -> None:

@@ -55,7 +55,7 @@ def finished_operation(store: EventStore, operation_id: str, lines: int = 3) -> 
 
 
 def head(target: str, *headers: str) -> bytes:
-    return "\r\n".join([f"GET {target} HTTP/1.1", "Host: x", *headers]).encode()
+    return "\r\n".join([f"GET {target} HTTP/1.1", "Host: localhost", *headers]).encode()
 
 
 def test_only_gets_of_event_paths_are_streams() -> None:
@@ -246,7 +246,7 @@ async def test_a_stream_that_does_not_read_is_ended_at_its_budget(
         reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
         writer.transport.set_write_buffer_limits(0)
         writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        writer.write(b"GET /api/operations/op-slow/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /api/operations/op-slow/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await eventually(lambda: bridge.hub.subscription_count == 1)
         for _ in range(400):
             store.append(Event("log", "op-slow", log_data("info", big)))
@@ -428,7 +428,7 @@ async def test_a_replay_nobody_reads_is_ended_and_its_socket_freed(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
         sock.connect(("127.0.0.1", bridge.port))
         reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(b"GET /api/operations/op-unread/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /api/operations/op-unread/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await eventually(lambda: bridge.hub.stats.slow_consumer_disconnects == 1, timeout=20)
         await eventually(lambda: bridge.caps.count == 0 and not bridge.streams.open)
         writer.close()
@@ -436,30 +436,31 @@ async def test_a_replay_nobody_reads_is_ended_and_its_socket_freed(
 
 async def test_talking_after_the_request_ends_the_stream(bridge: Bridge) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
-    writer.write(b"GET /api/operations/op-chatty/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /api/operations/op-chatty/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
     await eventually(lambda: bridge.hub.subscription_count == 1)
-    writer.write(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /api/stats HTTP/1.1\r\nHost: localhost\r\n\r\n")
     await eventually(lambda: not bridge.streams.open)
     writer.close()
 
 
-async def test_connections_still_sending_their_head_are_capped(
+async def test_connections_still_sending_their_head_are_capped_per_address(
     redis_url: str, prefix: str
 ) -> None:
-    """A client that opens sockets and never finishes a request holds descriptors too."""
+    """A client that opens sockets and never finishes a request holds descriptors too; a
+    newcomer from its address is served and the stalest of its heads makes room."""
     async with running_bridge(redis_url, prefix, max_connections_per_ip=3) as bridge:
         held = [await asyncio.open_connection("127.0.0.1", bridge.port) for _ in range(3)]
         for _, writer in held:
             writer.write(b"GET /api/ev")  # never finished
-        await eventually(lambda: bridge.caps.head_count == 3)
-        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # dropped at once
-        for _, held_writer in held:
-            held_writer.close()
-        await eventually(lambda: bridge.caps.head_count == 0)
+        await eventually(lambda: len(bridge.caps.heads) == 3)
         stream = await SseStream.open(f"{http_base(bridge)}/api/operations/op/events")
         assert stream.status == 200
+        first_reader = held[0][0]
+        assert await asyncio.wait_for(first_reader.read(), 5) == b""  # dropped for it
         await stream.close()
+        for _, held_writer in held:
+            held_writer.close()
+        await eventually(lambda: len(bridge.caps.heads) == 0)
 
 
 async def test_repeated_headers_and_oversized_heads_are_refused(bridge: Bridge) -> None:
@@ -470,7 +471,7 @@ async def test_repeated_headers_and_oversized_heads_are_refused(bridge: Bridge) 
     await twice.wait_ended()
     assert twice.status == 400
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
-    writer.write(b"GET /api/stats HTTP/1.1\r\nHost: x\r\nOrigin: a\r\nOrigin: b\r\n\r\n")
+    writer.write(b"GET /api/stats HTTP/1.1\r\nHost: localhost\r\nOrigin: a\r\nOrigin: b\r\n\r\n")
     assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 400")
     writer.close()
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
@@ -490,6 +491,20 @@ async def test_a_stream_whose_client_left_leaves_no_timer_behind(
     stream = await SseStream.open(f"{http_base(bridge)}/api/operations/op-left/events")
     await stream.wait_ended()
     await stream.close()
+    await eventually(lambda: not bridge.streams.open)
+    await asyncio.sleep(CLOSE_TIMEOUT + 0.5)  # past the moment the cut-off would have run
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_live_stream_whose_client_resets_leaves_no_timer_behind(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hostile-client harness found this: a stream still following an operation ends
+    when its connection is lost, and ending asked for a cut-off of a closed socket."""
+    _, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    writer.write(b"GET /api/operations/never-ends/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await eventually(lambda: bridge.streams.open)
+    writer.transport.abort()
     await eventually(lambda: not bridge.streams.open)
     await asyncio.sleep(CLOSE_TIMEOUT + 0.5)  # past the moment the cut-off would have run
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import orjson
+import pytest
+import redis
 
 from taskcast.events import Event, error_data, log_data, progress_data, status_data
 from taskcast.store import EventStore
@@ -87,6 +90,16 @@ def test_nothing_is_stored_after_a_terminal_event_until_the_task_runs_again(
     assert snap["error"] is None and snap["error_type"] is None
 
 
+def test_a_queued_for_an_operation_still_queued_stores_nothing(store: EventStore) -> None:
+    """An id recorded before its message was sent is queued once, not again when sent."""
+    assert store.append(status("op", "queued")) == 1
+    assert store.append(status("op", "queued")) == -1
+    assert store.append(status("op", "running")) == 2
+    assert store.append(Event("error", "op", error_data("boom", "ValueError"))) == 3
+    assert store.append(status("op", "queued")) == 4  # sent again after it ended
+    assert store.snapshot("op")["status"] == "queued"
+
+
 def test_concurrent_appends_never_share_or_skip_a_seq(redis_client, prefix) -> None:
     store = EventStore(redis_client, prefix=prefix, history_maxlen=5000)
 
@@ -124,6 +137,61 @@ def test_list_operations_newest_first_with_status_filter(store: EventStore) -> N
     assert [s["operation_id"] for s in store.list_operations("finished")] == ["op1"]
     assert [s["operation_id"] for s in store.list_operations("active", limit=2)] == ["op4", "op3"]
     assert [s["operation_id"] for s in store.list_operations(limit=2, offset=1)] == ids[1:3]
+
+
+def typed(op: str, operation_type: str, at: float, name: str = "running") -> Event:
+    return Event("status", op, status_data(name), timestamp=at, operation_type=operation_type)
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_list_operations_by_type_exact_or_prefix(
+    redis_client: redis.Redis, prefix: str, partitions: int
+) -> None:
+    store = EventStore(redis_client, prefix=prefix, partitions=partitions)
+    kinds = ["reports.daily", "reports.weekly", "mail.send", "reportsx"]
+    for i in range(12):
+        store.append(typed(f"op{i}", kinds[i % 4], 1000.0 + i))
+    store.append(Event("completed", "op4", {"status": "completed"}, timestamp=2000.0))
+
+    def ids(**filters: object) -> list[str]:
+        return [s["operation_id"] for s in store.list_operations(**filters)]
+
+    assert ids(operation_type="reports.daily") == ["op4", "op8", "op0"]
+    assert ids(operation_type="reports.*") == ["op4", "op9", "op8", "op5", "op1", "op0"]
+    assert ids(operation_type="reports*") == ["op4", "op11", "op9", "op8", "op7", "op5"] + [
+        "op3", "op1", "op0"
+    ]
+    assert ids(operation_type="*", limit=3) == ["op4", "op11", "op10"]
+    assert ids(operation_type="reports.*", status="active", limit=2) == ["op9", "op8"]
+    assert ids(operation_type="reports.*", status="finished") == ["op4"]
+    assert ids(operation_type="reports.*", limit=2, offset=2) == ["op8", "op5"]
+    assert ids(operation_type="reports") == [] and ids(operation_type="nothing.*") == []
+
+
+def test_an_operation_is_listed_by_type_once_its_type_is_known(store: EventStore) -> None:
+    store.append(Event("progress", "late", progress_data(0.1)))  # an emitter's, untyped
+    assert store.list_operations(operation_type="late.*") == []
+    store.append(Event("progress", "late", progress_data(0.2), operation_type="late.kind"))
+    assert [s["operation_id"] for s in store.list_operations(operation_type="late.*")] == ["late"]
+
+
+def test_expired_operations_leave_their_type_index_and_dead_types_their_names(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    """What prunes the main index prunes the type indexes: nothing expired stays listed,
+    and a type whose operations all expired stops taking room."""
+    store = EventStore(redis_client, prefix=prefix, history_ttl=30)
+    now = time.time()
+    store.append(typed("gone", "old.kind", now - 100))
+    store.append(typed("stale", "new.kind", now - 100))
+    store.append(typed("fresh", "new.kind", now))  # a first event: it prunes
+
+    assert redis_client.zrange(store.keys.types("x"), 0, -1) == [b"new.kind"]
+    (old_index, new_index) = store.keys.type_indexes([(0, "old.kind"), (0, "new.kind")])
+    assert not redis_client.exists(old_index)
+    assert redis_client.zrange(new_index, 0, -1) == [b"fresh"]
+    assert redis_client.zrange(store.keys.index("x"), 0, -1) == [b"fresh"]
+    assert [s["operation_id"] for s in store.list_operations(operation_type="*")] == ["fresh"]
 
 
 def test_history_after_since(store: EventStore) -> None:

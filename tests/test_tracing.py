@@ -33,13 +33,6 @@ from taskcast.worker_config import Settings, to_environment
 
 
 @pytest.fixture
-def producer(task_settings: Settings, prefix: str) -> Iterator[Producer]:
-    producer = Producer(replace(task_settings, prefix=prefix))
-    yield producer
-    producer.close()
-
-
-@pytest.fixture
 def tracer() -> Tracer:
     """A tracer of its own provider: no global provider is set for the rest of the session."""
     return TracerProvider().get_tracer("taskcast-tests")

@@ -35,6 +35,12 @@ def plain_add(a: int, b: int) -> int:
     return a + b
 
 
+@app.task(name="test.sign_in")
+def sign_in(user: str, password: str) -> str:
+    """A task given a secret: its arguments must not reach readers of its operation."""
+    return user
+
+
 @app.task(bind=True, base=ProgressTask, name="test.instrumented")
 def instrumented(self: ProgressTask) -> dict[str, Any]:
     """One of each helper call, in a known order, with no coalescing in the way."""
@@ -161,3 +167,22 @@ def steps(self: ProgressTask, count: int = 4, delay: float = 0.05, fail: bool = 
 def total(counts: list[int]) -> int:
     """A chord's body: the sum of its header's results."""
     return sum(counts)
+
+
+class OversizedError(Exception):
+    """Its ``type(exc).__name__``, a failure's error type, is two million characters; Celery
+    still pickles it, by its qualified name."""
+
+
+OversizedError.__name__ = "E" * 2_000_000
+
+
+@app.task(bind=True, base=ProgressTask, name="test.oversized_names")
+def oversized_names(self: ProgressTask, size: int = 2_000_000) -> None:
+    """Every name a task controls, ``size`` characters long, then an :class:`OversizedError`:
+    what PROTOCOL.md 1.2 bounds besides the large fields."""
+    self.status("S" * size, "a status name of the task's own")
+    self.progress(0.5, "keys", {"K" * size: 1, "nested": [{"k" * size: "v"}]})
+    # No helper takes an unknown level; a task may still emit one through the emitter.
+    self.emitter.emit("log", self.request.id, {"level": "L" * size, "message": "a level"})
+    raise OversizedError("a failure with a type name of its own")

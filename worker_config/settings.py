@@ -8,11 +8,13 @@ later with a confusing Redis or socket error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 T = TypeVar("T")
 
@@ -84,6 +86,36 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+_NAME = re.compile(r"\.?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def _host(raw: str) -> str:
+    """One allowed host: ``*``, an IP literal (IPv6 with or without brackets, kept without),
+    or a DNS name, lower-cased and without its trailing dot (``.example.com``: it and its
+    subdomains)."""
+    host = raw.strip().lower().rstrip(".")
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return str(ipaddress.ip_address(literal))
+    except ValueError:
+        pass
+    if host != "*" and not _NAME.fullmatch(host):
+        raise ValueError(f"{raw.strip()!r} is not a name (no scheme, port or path), .domain or *")
+    return host
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    return tuple(_host(part) for part in raw.split(",") if part.strip())
+
+
+def _public_url(raw: str) -> str:
+    """Where browsers reach the bridge: behind a proxy, its public name."""
+    url = urlsplit(raw)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("must be an http:// or https:// URL, e.g. https://tasks.example.com")
+    return raw.rstrip("/")
+
+
 def _trace_url(raw: str) -> str:
     """The dashboard's link to a trace: a typo'd placeholder would link every trace nowhere."""
     if "{trace_id}" not in raw:
@@ -125,6 +157,7 @@ class Settings:
     max_subscriptions: int = 1000
     max_message_bytes: int = 65536
     send_buffer_bytes: int = 1 << 20
+    max_buffered_bytes: int = 0
     ping_interval: float = 20.0
     sse_keepalive: float = 15.0
     compression: bool = False
@@ -136,9 +169,13 @@ class Settings:
     max_connections_per_ip: int = 1000
     auth_secret: str = field(default="", repr=False)  # never in logs or tracebacks
     auth_public_key: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = ""
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    public_url: str = ""
     insecure: bool = False
-    record_args: bool = True
+    record_args: bool = False
     trace_url: str = ""
 
 
@@ -168,6 +205,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_subscriptions": ("TASKCAST_MAX_SUBSCRIPTIONS", _int(1)),
     "max_message_bytes": ("TASKCAST_MAX_MESSAGE_BYTES", _int(1024)),
     "send_buffer_bytes": ("TASKCAST_SEND_BUFFER_BYTES", _int(1024)),
+    "max_buffered_bytes": ("TASKCAST_MAX_BUFFERED_BYTES", _int(0)),
     "ping_interval": ("TASKCAST_PING_INTERVAL", _float(0.1)),
     "sse_keepalive": ("TASKCAST_SSE_KEEPALIVE", _float(0.1)),
     "compression": ("TASKCAST_COMPRESSION", _bool),
@@ -179,7 +217,11 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_connections_per_ip": ("TASKCAST_MAX_CONNECTIONS_PER_IP", _int(1)),
     "auth_secret": ("TASKCAST_AUTH_SECRET", str),
     "auth_public_key": ("TASKCAST_AUTH_PUBLIC_KEY", str),
+    "auth_issuer": ("TASKCAST_AUTH_ISSUER", str),
+    "auth_audience": ("TASKCAST_AUTH_AUDIENCE", str),
     "allowed_origins": ("TASKCAST_ALLOWED_ORIGINS", _origins),
+    "allowed_hosts": ("TASKCAST_ALLOWED_HOSTS", _hosts),
+    "public_url": ("TASKCAST_PUBLIC_URL", _public_url),
     "insecure": ("TASKCAST_INSECURE", _bool),
     "record_args": ("TASKCAST_RECORD_ARGS", _bool),
     "trace_url": ("TASKCAST_TRACE_URL", _trace_url),

@@ -17,6 +17,7 @@ const LIST_PAGE = 1000; // the most the bridge lists per list_operations call
 const LIST_LIMIT = 10000; // how many of the most recently updated operations the page loads on connecting
 const LIST_REFRESH_LIMIT = 100; // what it polls for when monitor mode is off
 const LOOKUP_DELAY_MS = 250; // new operations seen within this are looked up together
+const TYPE_FILTER_DELAY_MS = 300; // typing in the type box asks the bridge once it pauses this long
 const LOOKUP_ONE_BY_ONE = 20; // up to this many with get_operation, more with one listing
 // Past MAX_OPERATIONS the oldest finished operations are forgotten, down to KEEP_OPERATIONS in one go
 // (one pass over the list now and then, not one per event).
@@ -67,6 +68,9 @@ let pendingScroll = null;
 /** The followed operation: its id and the seqs already in the log. */
 let detail = null;
 let filter = 'all';
+/** The type box: an operation type, or a prefix ending in `*` (PROTOCOL.md's `operation_type`); '' shows every type. */
+let typeFilter = '';
+let typeFilterTimer = null;
 let clockOffset = 0;
 let reconnectAt = 0;
 let lastCloseCode = null;
@@ -362,7 +366,8 @@ function computeLayout() {
   const anchor = scrollAnchor();
   const members = new Set();
   for (const entry of order) {
-    if (isGroup(entry.model)) entry.model.children?.forEach((id) => members.add(id));
+    // A member of a group the type box hides is a row of its own, if its own type is shown.
+    if (isGroup(entry.model) && matchesType(entry.model)) entry.model.children?.forEach((id) => members.add(id));
   }
   layout.pass += 1;
   layout.items = [];
@@ -481,7 +486,7 @@ function renderRow(entry) {
   renderCancel(row.querySelector('.op-cancel'), model);
   renderLinks(row, model, entry.nested);
   renderMembers(entry);
-  row.hidden = !matchesFilter(model);
+  row.hidden = !matchesFilter(model, entry.nested);
   if (model.operation_id === detail?.id) row.setAttribute('aria-current', 'true');
   else row.removeAttribute('aria-current');
 }
@@ -527,8 +532,27 @@ function summary(model) {
 /** The snapshot's `error` may be a message or the error event's data. */
 const errorOf = (model) => (typeof model.error === 'object' ? model.error : { error: model.error });
 
-function matchesFilter(model) {
-  return filter === 'all' || (filter === 'finished') === isFinished(model);
+/** Whether a row shows; a group's member nested in its row shows whatever its type (the group's matched). */
+function matchesFilter(model, nested = false) {
+  return (filter === 'all' || (filter === 'finished') === isFinished(model)) && (nested || matchesType(model));
+}
+
+/** The type box's rule, the bridge's: the exact type, or a prefix when it ends in `*`. */
+function matchesType(model) {
+  if (!typeFilter) return true;
+  const type = model.operation_type ?? '';
+  return typeFilter.endsWith('*') ? Boolean(type) && type.startsWith(typeFilter.slice(0, -1)) : type === typeFilter;
+}
+
+/** Narrows the list at once, and asks the bridge for that type's operations once typing pauses. */
+function setTypeFilter(value) {
+  const wanted = value.trim();
+  if (wanted === typeFilter) return;
+  typeFilter = wanted;
+  list.scrollTop = 0;
+  relayout();
+  clearTimeout(typeFilterTimer);
+  typeFilterTimer = setTimeout(() => loadList(LIST_LIMIT), TYPE_FILTER_DELAY_MS);
 }
 
 function renderCounts() {
@@ -538,7 +562,8 @@ function renderCounts() {
   }
   const empty = $('empty');
   empty.hidden = layout.items.length > 0;
-  empty.textContent = operations.size ? `No ${filter} operations.` : 'No operations yet. Start a task, or follow one by id.';
+  const which = `${filter === 'all' ? '' : `${filter} `}operations${typeFilter ? ` of type ${typeFilter}` : ''}`;
+  empty.textContent = operations.size ? `No ${which}.` : 'No operations yet. Start a task, or follow one by id.';
   const followed = detail && operations.get(detail.id)?.model;
   document.title = followed?.status
     ? `${percent(followed.progress)}% ${followed.operation_type ?? followed.status} · taskcast`
@@ -767,13 +792,17 @@ function closeDetail() {
 /** Listing, monitoring and statistics need the monitor scope (an open bridge grants every scope). */
 const monitorAllowed = client.allows('monitor');
 
-/** The `limit` most recently updated operations, a page at a time (each page is applied as it comes). */
+/**
+ * The `limit` most recently updated operations (of the type box's type, when it has one), a page at a time (each
+ * page is applied as it comes).
+ */
 async function loadList(limit) {
   if (!monitorAllowed) return;
+  const operationType = typeFilter || undefined;
   try {
     for (let offset = 0; offset < limit; offset += LIST_PAGE) {
       const size = Math.min(LIST_PAGE, limit - offset);
-      const snapshots = await client.listOperations({ limit: size, offset });
+      const snapshots = await client.listOperations({ limit: size, offset, operationType });
       snapshots.forEach(applySnapshot);
       if (snapshots.length < size) return;
     }
@@ -1039,6 +1068,7 @@ for (const button of document.querySelectorAll('[data-filter]')) {
     relayout();
   });
 }
+$('type-filter').addEventListener('input', (input) => setTypeFilter(input.target.value));
 list.addEventListener('scroll', () => { windowDirty = true; requestFrame(); }, { passive: true });
 // Another width can wrap rows differently: every row is measured again as it is shown.
 window.addEventListener('resize', () => {

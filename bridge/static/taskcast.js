@@ -395,6 +395,7 @@ export class TaskcastClient {
   #nextRequestId = 1;
   /** @type {Map<number, {resolve: Function, reject: Function, entry?: object}>} */
   #pending = new Map();
+  #pingTimer = undefined;
   /** @type {Array<{resolve: Function, reject: Function}>} */
   #connectWaiters = [];
   /** @type {Map<string, Subscription & {waiter?: object}>} */
@@ -512,12 +513,14 @@ export class TaskcastClient {
   }
 
   /**
-   * @param {{status?: string, limit?: number, offset?: number}} [filter] `status`: `active`, `finished` or a status
-   *   name; `limit` up to 1000 (default 50); `offset`: how many of the newest to skip, for the next page (default 0).
+   * @param {{status?: string, limit?: number, offset?: number, operationType?: string}} [filter] `status`: `active`,
+   *   `finished` or a status name; `limit` up to 1000 (default 50); `offset`: how many of the newest to skip, for the
+   *   next page (default 0); `operationType`: one type, or every type starting with a prefix (`reports.*`).
    * @returns {Promise<object[]>} Snapshots, most recently updated first.
    */
-  listOperations({ status, limit, offset } = {}) {
-    return this.#request({ command: 'list_operations', status, limit, offset }).then((r) => r.operations);
+  listOperations({ status, limit, offset, operationType } = {}) {
+    const command = { command: 'list_operations', status, limit, offset, operation_type: operationType };
+    return this.#request(command).then((r) => r.operations);
   }
 
   /** @returns {Promise<object>} Server statistics (`connected_clients`, `active_operations`, ...). */
@@ -695,6 +698,8 @@ export class TaskcastClient {
     const pending = this.#pending.get(frame.request_id);
     if (!pending) return;
     this.#pending.delete(frame.request_id);
+    this.#droppedBefore(frame.request_id);
+    if (frame.code === 'rate_limited') this.#pingLater();
     if (frame.status === 'error') {
       pending.reject(Object.assign(codedError(frame.code, frame.message), { reply: frame }));
       return;
@@ -748,11 +753,13 @@ export class TaskcastClient {
   /**
    * Upgrades keep failing: switch to event streams only if the bridge answers plain HTTP
    * (a proxy strips upgrades), not when it is down (a restart must not change transports).
+   * It asks /api/config, which answers pages on listed origins with CORS headers (the
+   * probes /healthz and /readyz carry none).
    */
   #probeHttp() {
     if (typeof EventSource !== 'function' || this.transport === 'sse') return;
     const generation = this.#generation;
-    fetch(`${httpBase(this.url)}/healthz`).then(
+    fetch(`${httpBase(this.url)}/api/config`).then(
       (response) => {
         if (!response.ok || generation !== this.#generation || this.state === 'open' || this.transport === 'sse') return;
         this.transport = 'sse';
@@ -1009,6 +1016,8 @@ export class TaskcastClient {
         const query = new URLSearchParams();
         if (command.status) query.set('status', command.status);
         if (command.limit !== undefined) query.set('limit', String(command.limit));
+        if (command.offset) query.set('offset', String(command.offset));
+        if (command.operation_type) query.set('operation_type', command.operation_type);
         return this.#fetchJson(`/api/operations?${query}`);
       }
       case 'get_stats':
@@ -1022,6 +1031,8 @@ export class TaskcastClient {
 
   async #fetchJson(path, method = 'GET') {
     const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+    // The bridge takes a POST (cancel) only as JSON or with a token: no form could send it.
+    if (method === 'POST') headers['Content-Type'] = 'application/json';
     const response = await fetch(httpBase(this.url) + path, { method, headers });
     const body = await response.json();
     if (!response.ok) throw Object.assign(codedError(body.code, body.message), { reply: body });
@@ -1040,6 +1051,26 @@ export class TaskcastClient {
       this.#pending.set(requestId, { resolve, reject, entry });
       this.#ws.send(JSON.stringify({ ...command, request_id: requestId }));
     });
+  }
+
+  // The bridge answers commands in order and only one a second over the rate limit:
+  // a reply passing an unanswered request means that request was dropped.
+  #droppedBefore(requestId) {
+    for (const [earlier, pending] of this.#pending) {
+      if (earlier >= requestId) continue;
+      this.#pending.delete(earlier);
+      pending.reject(codedError('rate_limited', 'dropped unanswered: too many commands'));
+    }
+  }
+
+  // After a refusal, ask once more when the rate allows, so that requests dropped
+  // behind it learn it from the ping's reply instead of waiting.
+  #pingLater() {
+    if (this.#pingTimer !== undefined) return;
+    this.#pingTimer = setTimeout(() => {
+      this.#pingTimer = undefined;
+      if (this.#pending.size) this.#ifOpen({ command: 'ping' }).catch(() => {});
+    }, 1000);
   }
 
   #rejectPending(error) {

@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from taskcast.events import FINISHED_STATUSES, TERMINAL_EVENT_TYPES
-from taskcast.protocol import UNAVAILABLE
+from taskcast.protocol import RATE_LIMITED, UNAVAILABLE
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 # PROTOCOL.md: reconnect after these close codes (and 4000-4499), not after others.
@@ -50,6 +50,14 @@ TokenSource = Callable[[], str | Awaitable[str]]
 CLOSE_TOKEN_EXPIRED = 4401
 REFRESH_MARGIN = 30.0  # at most this long before expiry a token is replaced
 EXPIRY_SLACK = 1.0  # a token closer than this to expiry is not presented again
+# How long after a rate_limited reply the bridge takes commands again (it answers one
+# refusal a second), and the reply a request dropped over the rate limit gets.
+RATE_LIMIT_RETRY = 1.0
+DROPPED = {
+    "status": "error",
+    "code": RATE_LIMITED,
+    "message": "dropped unanswered: too many commands (TASKCAST_COMMAND_RATE)",
+}
 
 
 def token_expires_in(token: str) -> float:
@@ -224,6 +232,7 @@ class TaskcastClient:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], Callable | None]] = {}
         self._ids = itertools.count(1)
+        self._pinger: asyncio.Task[None] | None = None
         self._subs: dict[str, _Subscription] = {}
         self._monitors: list[_Monitor] = []
         self._monitor_type: str | None = None
@@ -284,14 +293,21 @@ class TaskcastClient:
         return (await self.request("get_operation", operation_id=operation_id))["operation"]
 
     async def list_operations(
-        self, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        operation_type: str | None = None,
     ) -> list[dict]:
-        """Snapshots, most recently updated first; ``offset`` skips that many (the next page)."""
+        """Snapshots, most recently updated first; ``offset`` skips that many (the next page),
+        ``operation_type`` keeps one type, or those starting with a prefix (``reports.*``)."""
         fields: dict[str, Any] = {"limit": limit}
         if status:
             fields["status"] = status
         if offset:
             fields["offset"] = offset
+        if operation_type:
+            fields["operation_type"] = operation_type
         return (await self.request("list_operations", **fields))["operations"]
 
     async def get_stats(self) -> dict[str, Any]:
@@ -301,6 +317,16 @@ class TaskcastClient:
     async def ping(self) -> dict[str, Any]:
         """Round trip to the bridge."""
         return await self.request("ping")
+
+    async def cancel(self, operation_id: str, terminate: bool = False) -> dict[str, Any]:
+        """Revoke the operation's task; the ``cancelling`` reply (the token needs ``cancel``).
+
+        The operation then ends ``revoked``: a running task stops at its next
+        progress/status/log call, or at once on prefork with ``terminate``. An
+        unknown id raises ``CommandError('not_found')``, one that already ended
+        ``CommandError('bad_request')``.
+        """
+        return await self.request("cancel", operation_id=operation_id, terminate=terminate)
 
     async def watch(
         self, operation_id: str, since: int = 0, epoch: str | None = None
@@ -545,18 +571,45 @@ class TaskcastClient:
                 renewed.renew(message)
             return
         if "event_type" not in message:
-            entry = self._pending.get(message.get("request_id"))  # type: ignore[arg-type]
+            request_id = message.get("request_id")
+            entry = self._pending.get(request_id)  # type: ignore[arg-type]
             if entry is not None and not entry[0].done():
                 future, on_reply = entry
                 if on_reply is not None:
                     on_reply(message)
                 future.set_result(message)
+                self._dropped_before(request_id)  # type: ignore[arg-type]
+                if message.get("code") == RATE_LIMITED:
+                    self._ping_later()
             return
         for monitor in self._monitors:
             monitor.accept(message)
         sub = self._subs.get(message.get("operation_id", ""))
         if sub is not None:
             sub.accept(message)
+
+    def _dropped_before(self, request_id: int) -> None:
+        """Fail the requests sent before ``request_id`` that got no reply.
+
+        The bridge answers commands in the order they came and answers only one
+        command a second over the rate limit: a reply passing an unanswered
+        request means that request was dropped.
+        """
+        for earlier, (future, _) in list(self._pending.items()):
+            if earlier < request_id and not future.done():
+                future.set_result(DROPPED)
+
+    def _ping_later(self) -> None:
+        """After a refusal, ask once more when the rate allows, so that requests
+        dropped behind it learn it from the ping's reply instead of waiting."""
+        if self._pinger is None or self._pinger.done():
+            self._pinger = asyncio.get_running_loop().create_task(self._ping_after_refusal())
+
+    async def _ping_after_refusal(self) -> None:
+        await asyncio.sleep(RATE_LIMIT_RETRY)
+        if any(not future.done() for future, _ in self._pending.values()):
+            with contextlib.suppress(CommandError, BridgeUnavailable, ConnectionClosed):
+                await self.request("ping")
 
     def _fail_pending(self, error: Exception) -> None:
         for future, _ in self._pending.values():
@@ -612,12 +665,20 @@ class SyncClient:
         return self._run(self._client.get_operation(operation_id))
 
     def list_operations(
-        self, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        operation_type: str | None = None,
     ) -> list[dict]:
-        return self._run(self._client.list_operations(status, limit, offset))
+        return self._run(self._client.list_operations(status, limit, offset, operation_type))
 
     def get_stats(self) -> dict[str, Any]:
         return self._run(self._client.get_stats())
+
+    def cancel(self, operation_id: str, terminate: bool = False) -> dict[str, Any]:
+        """Blocking :meth:`TaskcastClient.cancel`."""
+        return self._run(self._client.cancel(operation_id, terminate))
 
     def close(self) -> None:
         """Close the connection and stop the loop thread."""

@@ -9,6 +9,12 @@ Layout under the prefix (default ``taskcast:``)::
     ops              zset    operation ids scored by their last update
     active           zset    the unfinished ones among them (listings and counts
                              of active operations read only these)
+    type:NAME        zset    the operations of type NAME among them, scored alike
+                             (listings filtered by type read only these)
+    types            zset    every NAME with an index, all at score 0, so that a
+                             prefix finds its names with ZRANGEBYLEX
+    types:seen       zset    NAME -> its index's last write, to drop the index
+                             once all its operations expired
     workers          zset    worker hostnames scored by their last heartbeat
     workers:started  hash    worker hostname -> when its running instance started
     op:{ID}:once:N   string  marker of an ingested Celery event, stored once (10 min)
@@ -16,7 +22,8 @@ Layout under the prefix (default ``taskcast:``)::
 
 The braces are a Redis Cluster hash tag: both keys of one operation share a slot.
 With partitions (see :class:`Keys`) the shared keys are split and the tag is
-the partition's: ``{pN}:op:ID``, ``{pN}:events``, ``{pN}:ops``, ``{pN}:active``.
+the partition's: ``{pN}:op:ID``, ``{pN}:events``, ``{pN}:ops``, ``{pN}:active``,
+``{pN}:type:NAME``, ``{pN}:types``, ``{pN}:types:seen``.
 A stored event is the exact JSON clients receive, so readers forward bytes.
 Nothing here talks to Redis (the writers are in :mod:`taskcast.store`, the
 bridge's async reader in ``taskcast.bridge.reader``), so the bridge's pure hub
@@ -111,6 +118,28 @@ class Keys:
 
     def active(self, operation_id: str) -> str:
         return self._shared("active", self.partition(operation_id))
+
+    def types(self, operation_id: str) -> str:
+        """The type names of an operation's partition (see the module docstring)."""
+        return self._shared("types", self.partition(operation_id))
+
+    def types_seen(self, operation_id: str) -> str:
+        """When each type's index in an operation's partition was last written."""
+        return self._shared("types:seen", self.partition(operation_id))
+
+    def type_index_prefix(self, operation_id: str) -> str:
+        """What names a type's index in an operation's partition, before the type's name:
+        the append script names the index from the type it finds in the snapshot."""
+        return self._shared("type:", self.partition(operation_id))
+
+    def type_indexes(self, names: Iterable[tuple[int, str]]) -> list[str]:
+        """The indexes of types, each given as ``(partition, name)``."""
+        return [self._shared(f"type:{name}", partition) for partition, name in names]
+
+    @property
+    def type_sets(self) -> list[str]:
+        """Every partition's ``types``, for prefix lookups."""
+        return [self._shared("types", n) for n in range(self.partitions)]
 
     @property
     def lives(self) -> list[str]:
@@ -228,8 +257,15 @@ def decode_history(
     return [(int(entry_id.split(b"-", 1)[0]), fields[b"e"]) for entry_id, fields in entries]
 
 
-def matches_status(snapshot: Mapping[str, Any], status: str | None) -> bool:
-    """The ``list_operations`` filter: ``active``, ``finished`` or one status name."""
+def matches(
+    snapshot: Mapping[str, Any], status: str | None, operation_type: str | None = None
+) -> bool:
+    """The ``list_operations`` filters: ``status`` (``active``, ``finished`` or one status
+    name) and ``operation_type`` (a type, or a prefix ending in ``*``)."""
+    return _status_matches(snapshot, status) and _type_matches(snapshot, operation_type)
+
+
+def _status_matches(snapshot: Mapping[str, Any], status: str | None) -> bool:
     if status is None:
         return True
     finished = snapshot.get("status") in FINISHED_STATUSES
@@ -238,6 +274,41 @@ def matches_status(snapshot: Mapping[str, Any], status: str | None) -> bool:
     if status == "finished":
         return finished
     return snapshot.get("status") == status
+
+
+def _type_matches(snapshot: Mapping[str, Any], operation_type: str | None) -> bool:
+    if operation_type is None:
+        return True
+    actual = snapshot.get("operation_type")
+    if not isinstance(actual, str):
+        return False
+    prefix = type_prefix(operation_type)
+    return actual == operation_type if prefix is None else actual.startswith(prefix)
+
+
+def type_prefix(operation_type: str) -> str | None:
+    """The prefix a ``list_operations`` type filter ending in ``*`` asks for; None for an
+    exact type (a trailing ``*`` always means a prefix)."""
+    return operation_type[:-1] if operation_type.endswith("*") else None
+
+
+def lex_range(prefix: str) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of the names that start with ``prefix`` (UTF-8 has no 0xff byte,
+    so every such name sorts below ``prefix`` followed by one)."""
+    raw = prefix.encode()
+    return b"[" + raw, b"(" + raw + b"\xff"
+
+
+def matching_types(
+    keys: Keys, operation_type: str, found: Iterable[list[bytes]] | None = None
+) -> list[str]:
+    """The type indexes a type filter reads: an exact type's in every partition, or those
+    of the names ``found`` in each partition's ``types`` by :func:`lex_range`."""
+    if found is None:
+        return keys.type_indexes((n, operation_type) for n in range(keys.partitions))
+    return keys.type_indexes(
+        (partition, name.decode()) for partition, names in enumerate(found) for name in names
+    )
 
 
 def history_start(since: int) -> str:

@@ -48,11 +48,13 @@ CHORD_TYPE = "celery.chord"
 # 5 progress (p) or error message (f), 6 error type (f), 7 the parent's type
 # ('' unless the publisher sends it), 8 the group's size ('0' unknown),
 # 9 a chord's body id (''), 10 timestamp (JSON), 11 score (µs), 12 history
-# maxlen, 13 ttl (s), 14 live maxlen, 15 random characters for a new epoch.
-MEMBER_ARGS = 15
+# maxlen, 13 ttl (s), 14 live maxlen, 15 random characters for a new epoch,
+# 16 the parent's type index prefix (``Keys.type_index_prefix``).
+MEMBER_ARGS = 16
 # KEYS of the member part: the parent's snapshot, history, live stream, index,
-# active set (what ``append`` takes) and members hash.
-MEMBER_KEYS = 6
+# active set, members hash, types and types:seen (all but the members hash are what
+# ``append`` takes).
+MEMBER_KEYS = 8
 
 # Needs ``append(KEYS, ARGV)``, the store's append script as a function.
 AGGREGATE_LUA = """
@@ -63,13 +65,13 @@ local function parent_event(P, M, event_type, data, pairs)
     ',"timestamp":' .. M[10] .. ',"data":' .. cjson.encode(data) .. '}',
     M[12], M[13], M[14], M[11], (event_type == 'completed' or event_type == 'error') and 't' or 'n',
     M[15], '', 0, M[7], M[7] ~= '' and cjson.encode(M[7]) or '',
-    event_type == 'progress' and '0' or '1', '', 0, #pairs / 2 + 1}
+    event_type == 'progress' and '0' or '1', '', 0, #pairs / 2 + 1, M[16]}
   for _, value in ipairs(pairs) do A[#A + 1] = value end
   for _, value in ipairs({'updated_at', M[10], 'operation_id', cjson.encode(id),
       'created_at', M[10], 'metadata', '{}'}) do
     A[#A + 1] = value
   end
-  append({P[1], P[2], P[3], P[4], P[5]}, A)  -- P[6] would be the append's once marker
+  append({P[1], P[2], P[3], P[4], P[5], P[7], P[8]}, A)  -- no once marker
 end
 
 local function aggregate(P, M)
@@ -177,7 +179,12 @@ def member_change(event: Event) -> tuple[str, str, str] | None:
 
 
 def member_args(
-    event: Event, change: tuple[str, str, str], seq: int, bounds: tuple[int, int, int], nonce: str
+    event: Event,
+    change: tuple[str, str, str],
+    seq: int,
+    bounds: tuple[int, int, int],
+    nonce: str,
+    type_index_prefix: str,
 ) -> list[Any]:
     """The member part's ARGV (see :data:`MEMBER_ARGS`); ``bounds`` are the store's history
     maxlen, ttl and live maxlen, ``nonce`` the random characters of a new epoch."""
@@ -201,6 +208,7 @@ def member_args(
         ttl,
         live_maxlen,
         nonce,
+        type_index_prefix,
     ]
 
 

@@ -19,9 +19,12 @@ from taskcast.keys import (
     decode_live,
     decode_snapshot,
     history_start,
-    matches_status,
+    lex_range,
+    matches,
+    matching_types,
     merge_newest,
     score,
+    type_prefix,
 )
 from taskcast.members import (
     AGGREGATE_LUA,
@@ -40,20 +43,23 @@ if TYPE_CHECKING:
 WRITTEN_LIMIT = 10_000
 
 # KEYS: 1 snapshot hash, 2 history stream, 3 live stream, 4 index zset, 5 active zset,
-#       6 (optional) the once-only marker of an event that may be appended twice
+#       6 types zset, 7 types:seen zset, 8 (optional) the once-only marker of an event
+#       that may be appended twice
 # ARGV: 1 id, 2 prefix, 3 suffix, 4 history maxlen, 5 ttl (s), 6 live maxlen,
-#       7 score (µs, an integer), 8 kind (n/t/r), 9 random characters for a new epoch,
-#       10 the epoch this writer last stored in ('' if none), 11 the seq it got there,
-#       12 the operation type ('' if the event has none), 13 the same as JSON,
-#       14 '1' for a milestone (any event but progress and log), 15 the writer's id
-#       ('' for none), 16 the writer's number for this event, 17 number of
-#       overwrite pairs, then the overwrite pairs, then the pairs to set only when
-#       the snapshot is new.
+#       7 score (µs, an integer), 8 kind (n/t/r/q, see taskcast.events), 9 random
+#       characters for a new epoch, 10 the epoch this writer last stored in ('' if
+#       none), 11 the seq it got there, 12 the operation type ('' if the event has
+#       none), 13 the same as JSON, 14 '1' for a milestone (any event but progress
+#       and log), 15 the writer's id ('' for none), 16 the writer's number for this
+#       event, 17 number of overwrite pairs, 18 the partition's type index prefix
+#       (Keys.type_index_prefix), then the overwrite pairs, then the pairs to set only
+#       when the snapshot is new.
 # Returns {seq, epoch}: seq 0 when the operation already ended, -1 when the marker
-# says the event was stored before (nothing stored in either case). A writer's
-# numbers for one operation only grow, and the snapshot keeps the last one it
-# stored (``_w:<writer>``): an append retried after its reply was lost (a timeout,
-# a cut link) finds its number there and is not stored again.
+# says the event was stored before, or for a ``queued`` of an operation still queued
+# (nothing stored in any of these cases). A writer's numbers for one operation only
+# grow, and the snapshot keeps the last one it stored (``_w:<writer>``): an append
+# retried after its reply was lost (a timeout, a cut link) finds its number there and
+# is not stored again.
 #
 # The epoch (PROTOCOL.md "History epochs") is chosen with the first event the store
 # holds for an operation: after Redis lost everything, the next event starts a new
@@ -72,6 +78,15 @@ WRITTEN_LIMIT = 10_000
 # after the last event to within a second. Scores are integer microseconds;
 # expired members are pruned on one append in 64 (readers count by score, so
 # stale members never show).
+#
+# An operation with a type is also in its type's index (``type:NAME``, written with
+# the main index, and pruned with it of the operations of that type), and the type's
+# name in ``types`` (for prefix lookups) and ``types:seen``. The index's name comes
+# from the snapshot's ``_type``, which only the script knows for most events; it is
+# built from ARGV[18], so it carries the partition's hash tag like KEYS[4] and a
+# Cluster node always holds it with the declared keys. A type whose last index write
+# is older than the TTL has only expired operations left: the pruning append drops
+# its index and its names (at most 64 such types per append).
 APPEND_SCRIPT = """
 local kind = ARGV[8]
 local writer = ARGV[15] ~= '' and '_w:' .. ARGV[15] or '_indexed'
@@ -91,10 +106,12 @@ end
 if renewed then
   local clock = redis.call('TIME')
   epoch = string.format('"%013x%s"', clock[1] * 1000000 + clock[2], ARGV[9])
-elseif kind ~= 'r' and terminal == '1' then
+elseif kind == 'q' and terminal ~= '1' and redis.call('HGET', KEYS[1], 'status') == '"queued"' then
+  return {-1, epoch}
+elseif kind ~= 'r' and kind ~= 'q' and terminal == '1' then
   return {0, epoch}
 end
-if KEYS[6] and not redis.call('SET', KEYS[6], '1', 'NX', 'EX', 600) then
+if KEYS[8] and not redis.call('SET', KEYS[8], '1', 'NX', 'EX', 600) then
   return {-1, epoch}
 end
 local seq = last + 1
@@ -108,19 +125,20 @@ if ARGV[15] ~= '' then
   fields[#fields + 1] = writer
   fields[#fields + 1] = ARGV[16]
 end
-local first_absent = 18 + 2 * tonumber(ARGV[17])
-for i = 18, first_absent - 1 do fields[#fields + 1] = ARGV[i] end
+local first_absent = 19 + 2 * tonumber(ARGV[17])
+for i = 19, first_absent - 1 do fields[#fields + 1] = ARGV[i] end
 if created then
   for i = first_absent, #ARGV do fields[#fields + 1] = ARGV[i] end
 end
-if not optype and ARGV[12] ~= '' then
+local typed = not optype and ARGV[12] ~= ''
+if typed then
   optype = ARGV[12]
   fields[#fields + 1] = '_type'
   fields[#fields + 1] = optype
   fields[#fields + 1] = 'operation_type'
   fields[#fields + 1] = ARGV[13]
 end
-local index = created or renewed or kind ~= 'n' or ARGV[14] == '1'
+local index = created or renewed or typed or kind ~= 'n' or ARGV[14] == '1'
   or now - tonumber(state[5] or '0') >= 1000000
 if index then
   fields[#fields + 1] = '_indexed'
@@ -139,11 +157,25 @@ if index then
   else
     redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
   end
+  if optype then
+    redis.call('ZADD', ARGV[18] .. optype, ARGV[7], ARGV[1])
+    if redis.call('ZADD', KEYS[7], ARGV[7], optype) == 1 then
+      redis.call('ZADD', KEYS[6], 0, optype)
+    end
+  end
 end
 if seq % 64 == 1 then
   local expired = '(' .. string.format('%d', now - 1000000 * tonumber(ARGV[5]))
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', expired)
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', expired)
+  if optype then
+    redis.call('ZREMRANGEBYSCORE', ARGV[18] .. optype, '-inf', expired)
+  end
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', expired, 'LIMIT', 0, 64)) do
+    redis.call('DEL', ARGV[18] .. name)
+    redis.call('ZREM', KEYS[6], name)
+    redis.call('ZREM', KEYS[7], name)
+  end
 end
 return {seq, epoch}
 """
@@ -266,9 +298,12 @@ class EventStore:
             self.keys.index(parent),
             self.keys.active(parent),
             self.keys.members(parent),
+            self.keys.types(parent),
+            self.keys.types_seen(parent),
         ]
         bounds = (self.history_maxlen, self.history_ttl, self.live_maxlen)
-        return keys, member_args(event, change, seq, bounds, os.urandom(3).hex())
+        nonce, typed = os.urandom(3).hex(), self.keys.type_index_prefix(parent)
+        return keys, member_args(event, change, seq, bounds, nonce, typed)
 
     def append_many(self, events: list[Event]) -> list[int]:
         """Store ``events`` in order in one round trip (a pipeline); their seqs.
@@ -309,6 +344,7 @@ class EventStore:
             self.writer if event.token else "",
             event.token,
             len(overwrite),
+            self.keys.type_index_prefix(event.operation_id),
         ]
         for mapping in (overwrite, if_absent):
             for name, value in mapping.items():
@@ -320,6 +356,8 @@ class EventStore:
             self.keys.live(op),
             self.keys.index(op),
             self.keys.active(op),
+            self.keys.types(op),
+            self.keys.types_seen(op),
         ]
         if once is not None:
             keys.append(self.keys.once(event.operation_id, once))
@@ -344,14 +382,20 @@ class EventStore:
         return decode_history(entries)
 
     def list_operations(
-        self, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        operation_type: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Snapshots, most recently updated first, filtered by ``matches_status``; the
-        ``offset`` newest operations of the listing are skipped (before the filter)."""
+        """Snapshots, most recently updated first, filtered by ``taskcast.keys.matches``;
+        the ``offset`` newest operations of the listing are skipped (before the status
+        filter). A type filter lists from its types' indexes only, never the whole index."""
+        listing = self._listing(status, operation_type)
         found: list[dict[str, Any]] = []
         start, page = offset, max(limit, 100)
         while len(found) < limit:
-            ids = self._ids(self.keys.listing(status), start, page)
+            ids = self._ids(listing, start, page)
             if not ids:
                 break
             pipe = self.client.pipeline(transaction=False)
@@ -359,10 +403,21 @@ class EventStore:
                 pipe.hgetall(self.keys.snapshot(op_id.decode()))
             for raw in pipe.execute():
                 snapshot = decode_snapshot(raw)
-                if snapshot is not None and matches_status(snapshot, status):
+                if snapshot is not None and matches(snapshot, status, operation_type):
                     found.append(snapshot)
             start += page
         return found[:limit]
+
+    def _listing(self, status: str | None, operation_type: str | None) -> list[str]:
+        """The sorted sets a listing walks (see ``taskcast.keys.matching_types``)."""
+        if operation_type is None:
+            return self.keys.listing(status)
+        prefix = type_prefix(operation_type)
+        if prefix is None:
+            return matching_types(self.keys, operation_type)
+        low, high = lex_range(prefix)
+        found = [self.client.zrangebylex(key, low, high) for key in self.keys.type_sets]
+        return matching_types(self.keys, operation_type, found)
 
     def _ids(self, keys: list[str], start: int, count: int) -> list[bytes]:
         """Ranks ``start..start+count-1`` of the listing over every partition, newest first."""

@@ -1,9 +1,10 @@
 """Terminal commands: ``taskcast submit``, ``watch``, ``monitor`` and ``stats``.
 
-They talk to a running bridge with :mod:`taskcast.client`; a bridge that is not
-there is reported in one line with exit code 3, never a traceback. ``watch``
-exits 0 when the operation completes and 1 when it ends in error, so shell
-scripts can chain on it.
+They talk to a running bridge with :mod:`taskcast.client`. Whatever stops a
+command is raised as a :class:`~taskcast.exits.Failure` (its exit code from the
+one table in :mod:`taskcast.exits`, and a line saying what to do), printed by
+the ``taskcast`` group: never a traceback. ``watch`` exits 0 when the operation
+completes and 1 when it ends in error, so shell scripts can chain on it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 
 import click
 import orjson
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -33,17 +36,28 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from websockets.exceptions import ConnectionClosed
 
-from taskcast.client import BridgeUnavailable, CommandError, TaskcastClient
+from taskcast.client import (
+    EXPIRY_SLACK,
+    BridgeUnavailable,
+    CommandError,
+    TaskcastClient,
+    token_expires_in,
+)
 from taskcast.events import REOPENING_STATUSES
-from taskcast.protocol import FORBIDDEN, NOT_FOUND, UNAUTHORIZED
+from taskcast.exits import BY_ERROR_CODE, ExitCode, Failure
+from taskcast.protocol import BAD_REQUEST, NOT_FOUND, UNAVAILABLE
+from taskcast.redis_clients import store_client
 from taskcast.tasks import instrument
-from taskcast.worker_config import celery_config, load_settings
+from taskcast.worker_config import Settings, celery_config, load_settings
 
-EXIT_UNREACHABLE = 3
-EXIT_UNKNOWN = 4  # no such operation, or no worker has the task
-EXIT_USAGE = 2
-EXIT_ACCESS = 5  # the bridge refused the token (or wants one)
+PASS_TOKEN = "--token or TASKCAST_TOKEN"
+CHECK_ID = (
+    "check the id, and that workers and the bridge share TASKCAST_REDIS_URL and TASKCAST_PREFIX"
+)
+CLOSE_POLICY = 1008  # PROTOCOL.md's close code for a refused origin or token
+CHECK_TIMEOUT = 2.0  # seconds ``submit`` gives the event store and the broker to answer
 LOG_STYLES = {"debug": "dim", "info": "cyan", "warning": "yellow", "error": "bold red"}
 # (unit, seconds per unit, used below this many seconds), as etaText in bridge/static/taskcast.js
 ETA_UNITS = (
@@ -60,9 +74,20 @@ def default_url() -> str:
     return f"ws://{settings.host}:{settings.port}/ws"
 
 
+def bridge_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """``--url``, or the one the settings give; refused at once if it is not ws:// or wss://."""
+    url = value or default_url()
+    if not url.startswith(("ws://", "wss://")):
+        raise click.BadParameter(
+            f"must be the bridge's WebSocket URL (ws://HOST:PORT/ws), not {url}", ctx, param
+        )
+    return url
+
+
 url_option = click.option(
     "--url",
     default=None,
+    callback=bridge_url,
     help="Bridge WebSocket URL [default: ws://TASKCAST_HOST:TASKCAST_PORT/ws]",
 )
 
@@ -72,9 +97,12 @@ def submitting_app(name: str = "taskcast_submit") -> Celery:
 
     It only sends tasks by name (the workers have them registered), and being
     instrumented it records each one's ``queued`` as any user's publisher does.
+    It has no result backend: progress and results are followed through the
+    bridge, and a Redis result backend would subscribe to every sent task's
+    result, retrying for about 20 s when that Redis is down.
     """
     app = Celery(name)
-    app.conf.update(celery_config(load_settings()))
+    app.conf.update(celery_config(load_settings()), result_backend=None)
     return instrument(app)
 
 
@@ -87,37 +115,63 @@ token_option = click.option(
 
 
 def run_client(
-    url: str | None, token: str | None, work: Callable[[TaskcastClient], Awaitable[int]]
+    url: str, token: str | None, scope: str, work: Callable[[TaskcastClient], Awaitable[ExitCode]]
 ) -> None:
-    """Connect, run ``work``, exit with its code; unreachable bridges exit 3 in one line."""
-    url = url or default_url()
-    if not url.startswith(("ws://", "wss://")):
-        click.echo(
-            f"taskcast: --url must be the bridge's WebSocket URL (ws://HOST:PORT/ws), not {url}",
-            err=True,
-        )
-        sys.exit(EXIT_USAGE)
+    """Connect, run ``work``, exit with its code.
 
-    async def main() -> int:
+    ``scope`` is the token scope the command needs, named in the line a refusal prints.
+    """
+
+    async def main() -> ExitCode:
         async with TaskcastClient(url, token=token) as client:
             return await work(client)
 
     try:
         code = asyncio.run(main())
-    except BridgeUnavailable as exc:
-        click.echo(f"taskcast: {exc}", err=True)
-        code = EXIT_UNREACHABLE
-    except CommandError as exc:
-        if exc.code in (UNAUTHORIZED, FORBIDDEN):
-            hint = "pass a token with the read scope for it: --token or TASKCAST_TOKEN"
-            click.echo(f"taskcast: the bridge refused: {exc}; {hint}", err=True)
-            code = EXIT_ACCESS
-        else:
-            click.echo(f"taskcast: {exc}", err=True)
-            code = 1
-    except KeyboardInterrupt:
-        code = 130
+    except (BridgeUnavailable, CommandError) as exc:
+        raise client_failure(exc, token, scope) from None
     sys.exit(code)
+
+
+def policy_refusal(exc: BridgeUnavailable) -> str | None:
+    """The reason the bridge gave for closing the connection as it opened with 1008 (policy),
+    else None. The command sends no ``Origin``, so that refusal is about its token."""
+    cause = exc.__cause__
+    closed = cause.rcvd if isinstance(cause, ConnectionClosed) else None
+    return closed.reason if closed is not None and closed.code == CLOSE_POLICY else None
+
+
+def client_failure(exc: BridgeUnavailable | CommandError, token: str | None, scope: str) -> Failure:
+    """What to tell a user whose bridge is gone or refused a command, with the exit code.
+
+    A token that has expired by now explains a lost connection better than the
+    connection itself: the bridge closes an expired token's connection (4401),
+    at the handshake or in the middle of a watch, and a new token is the fix.
+    """
+    if token is not None and token_expires_in(token) < EXPIRY_SLACK:
+        return Failure(
+            ExitCode.ACCESS,
+            f"the token has expired; pass a fresh one (taskcast.mint_token): {PASS_TOKEN}",
+        )
+    if isinstance(exc, BridgeUnavailable):
+        refusal = policy_refusal(exc)
+        if refusal is not None:
+            return Failure(
+                ExitCode.ACCESS,
+                f"the bridge refused the token ({refusal}); pass one signed with the bridge's "
+                f"key (TASKCAST_AUTH_SECRET): {PASS_TOKEN}",
+            )
+        start = "start it (taskcast serve) or pass its URL with --url"
+        return Failure(ExitCode.UNREACHABLE, f"{exc}; {start}")
+    code = BY_ERROR_CODE.get(exc.code, ExitCode.FAILED)
+    hints = {
+        ExitCode.ACCESS: f"pass a token with the {scope} scope: {PASS_TOKEN}",
+        ExitCode.UNREACHABLE: "the bridge cannot reach its event store: check that Redis "
+        "is up at the bridge's TASKCAST_REDIS_URL",
+        ExitCode.NOT_FOUND: CHECK_ID,
+    }
+    hint = hints.get(code)
+    return Failure(code, f"the bridge refused: {exc}" + (f"; {hint}" if hint else ""))
 
 
 def parse_arg(text: str) -> tuple[str, Any]:
@@ -147,7 +201,9 @@ def apply_event(row: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     """Fold one event into a displayed operation row (status, progress, eta, message).
 
     ``eta`` is the latest progress event's; the end of the operation, or a
-    start again, clears it.
+    start again, clears it. The message follows the store's rule: a status
+    says what the operation does now, so one without a message clears the last
+    (a task that ran and completed must not keep saying "Waiting for a worker").
     """
     data = event.get("data", {})
     kind = event["event_type"]
@@ -165,43 +221,47 @@ def apply_event(row: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
         row["eta"] = data.get("eta")
     if data.get("progress") is not None:
         row["progress"] = data["progress"]
-    if kind in ("status", "progress") and data.get("message"):
-        row["message"] = data["message"]
+    if kind == "status" or (kind == "progress" and data.get("message")):
+        row["message"] = data.get("message") or ""
     row["updated_at"] = event.get("timestamp", time.time())
     return row
 
 
 async def is_known(client: TaskcastClient, operation_id: str, wait: float) -> bool:
-    """Whether the store has the operation, asking again for up to ``wait`` seconds."""
+    """Whether the store has the operation, asking again for up to ``wait`` seconds.
+
+    A bridge whose event store is down answers ``unavailable``: that is asked
+    again too, since Redis restarts in seconds (once the watch has begun, the
+    client resumes by itself), and raised when ``wait`` is over.
+    """
     deadline = time.monotonic() + wait
     while True:
         try:
             await client.get_operation(operation_id)
             return True
         except CommandError as exc:
-            if exc.code != NOT_FOUND:
+            if exc.code not in (NOT_FOUND, UNAVAILABLE):
                 raise
-        if time.monotonic() >= deadline:
-            return False
+            if time.monotonic() >= deadline:
+                if exc.code == UNAVAILABLE:
+                    raise
+                return False
         await asyncio.sleep(0.25)
 
 
 async def follow(
     client: TaskcastClient, operation_id: str, console: Console, wait: float = 10.0
-) -> int:
+) -> ExitCode:
     """Show one operation's progress bar and log lines until it ends; its exit code.
 
-    An id the store has not seen within ``wait`` seconds ends with one line
-    and exit code 4 instead of waiting forever for events that never come.
+    An id the store has not seen within ``wait`` seconds is a failure (not
+    found) instead of a wait forever for events that never come.
     """
     if not await is_known(client, operation_id, wait):
-        click.echo(
-            f"taskcast: no operation {operation_id} in the event store after {wait:g}s; "
-            "check the id, and that workers and the bridge share TASKCAST_REDIS_URL and "
-            "TASKCAST_PREFIX",
-            err=True,
+        raise Failure(
+            ExitCode.NOT_FOUND,
+            f"no operation {operation_id} in the event store after {wait:g}s; {CHECK_ID}",
         )
-        return EXIT_UNKNOWN
     columns = (
         TextColumn("[bold]{task.fields[status]:<10}"),
         BarColumn(),
@@ -218,7 +278,7 @@ async def follow(
         for child in snapshot.get("children") or []:
             watched.add(child, f"  {child[:8]} ")
         while ending is None:
-            event = await watched.events.get()
+            event = await watched.next()
             if event is None:
                 break  # the watch ended without a terminal event: see the snapshot below
             if event["operation_id"] == operation_id and event["event_type"] == "log":
@@ -240,14 +300,14 @@ async def follow(
         snapshot = client.snapshot(operation_id) or await client.get_operation(operation_id)
         ok = snapshot.get("status") == "completed"
         console.print(f"operation {operation_id} ended: {snapshot.get('status')}")
-        return 0 if ok else 1
+        return ExitCode.OK if ok else ExitCode.FAILED
     data = ending["data"]
     if ending["event_type"] == "completed":
         console.print(f"[green]completed[/] in {data.get('duration', 0):.2f}s")
-        return 0
+        return ExitCode.OK
     failure = escape(f"{data.get('error_type')}: {data['error']}")
     console.print(f"[red]{data.get('status', 'failed')}[/]: {failure}")
-    return 1
+    return ExitCode.FAILED
 
 
 class Watched:
@@ -259,8 +319,9 @@ class Watched:
         self.bar = bar
         self.bars: dict[str, TaskID] = {}
         self.prefixes: dict[str, str] = {}
-        # None once the followed operation's watch ended (its members' are not told).
-        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        # None once the followed operation's watch ended (its members' are not told), the
+        # error once the bridge went away for good.
+        self.events: asyncio.Queue[dict[str, Any] | BridgeUnavailable | None] = asyncio.Queue()
         self._watches: list[asyncio.Task[None]] = []
 
     def add(self, operation_id: str, prefix: str) -> None:
@@ -270,9 +331,24 @@ class Watched:
         self.prefixes[operation_id] = prefix
         self._watches.append(asyncio.create_task(self._forward(operation_id)))
 
+    async def next(self) -> dict[str, Any] | None:
+        """The next event of a watched operation; None when the followed one's watch ended.
+
+        Raises :class:`BridgeUnavailable` when a watch lost the bridge for good
+        (gone, or the token expired): ``watch`` would otherwise wait forever.
+        """
+        item = await self.events.get()
+        if isinstance(item, BridgeUnavailable):
+            raise item
+        return item
+
     async def _forward(self, operation_id: str) -> None:
-        async for event in self.client.watch(operation_id):
-            await self.events.put(event)
+        try:
+            async for event in self.client.watch(operation_id):
+                await self.events.put(event)
+        except BridgeUnavailable as exc:
+            await self.events.put(exc)
+            return
         if not self.prefixes[operation_id]:
             await self.events.put(None)
 
@@ -286,7 +362,7 @@ class Watched:
             update["completed"] = row["progress"]
         if "eta" in row:
             update["eta"] = eta_text(row["eta"])
-        if row.get("message"):
+        if "message" in row:
             update["description"] = self.prefixes[event["operation_id"]] + row["message"]
         self.bar.update(self.bars[event["operation_id"]], **update)
 
@@ -298,7 +374,7 @@ class Watched:
             watch.cancel()
         while not self.events.empty():
             event = self.events.get_nowait()
-            if event is not None:
+            if isinstance(event, dict):
                 self.show(event)
         for operation_id, prefix in self.prefixes.items():
             if not prefix:
@@ -330,9 +406,12 @@ wait_option = click.option(
 @url_option
 @token_option
 @wait_option
-def watch(operation_id: str, url: str | None, token: str | None, wait: float) -> None:
-    """Follow one operation live; exit 0 when it completes, 1 when it fails, 4 if unknown."""
-    run_client(url, token, lambda client: follow(client, operation_id, Console(), wait))
+def watch(operation_id: str, url: str, token: str | None, wait: float) -> None:
+    """Follow one operation live; exit 0 when it completes, 1 when it fails, 4 if unknown.
+
+    A bridge whose event store is down is asked again for up to --wait seconds (exit 3 after).
+    """
+    run_client(url, token, "read", lambda client: follow(client, operation_id, Console(), wait))
 
 
 def workers_with(app: Celery, task_name: str, timeout: float) -> tuple[int, int]:
@@ -340,6 +419,45 @@ def workers_with(app: Celery, task_name: str, timeout: float) -> tuple[int, int]
     replies = app.control.inspect(timeout=timeout).registered() or {}
     having = [worker for worker, names in replies.items() if task_name in names]
     return len(replies), len(having)
+
+
+def broker_failure(app: Celery, exc: Exception) -> Failure:
+    url = maybe_sanitize_url(app.conf.broker_url)
+    return Failure(
+        ExitCode.UNREACHABLE,
+        f"the Celery broker at {url} does not answer ({exc}); start it, or point "
+        "CELERY_BROKER_URL at it",
+    )
+
+
+def check_reachable(app: Celery, settings: Settings) -> None:
+    """Fail at once, in one line, when the event store or the broker does not answer.
+
+    Left to themselves both wait: kombu retries a refused broker connection
+    with growing pauses (6 s before the check for workers gives up), and a
+    ``queued`` event the store does not take waits in the outbox, retried for
+    TASKCAST_SHUTDOWN_TIMEOUT as the command exits. One attempt each tells the
+    user what is down before anything is sent.
+    """
+    try:
+        client = store_client(
+            settings, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as exc:
+        raise Failure(
+            ExitCode.UNREACHABLE,
+            f"the event store at {maybe_sanitize_url(settings.redis_url)} does not answer "
+            f"({exc}); start Redis there, or point TASKCAST_REDIS_URL at it",
+        ) from None
+    try:
+        with app.connection_for_write(connect_timeout=CHECK_TIMEOUT) as connection:
+            connection.ensure_connection(max_retries=0)
+    except OperationalError as exc:
+        raise broker_failure(app, exc) from None
 
 
 @click.command()
@@ -360,7 +478,7 @@ def submit(
     watch_it: bool,
     queue: str | None,
     no_check: bool,
-    url: str | None,
+    url: str,
     token: str | None,
 ) -> None:
     """Submit a Celery task by name and print its id (the operation id).
@@ -370,24 +488,26 @@ def submit(
     """
     kwargs = dict(parse_arg(a) for a in args)
     app = submitting_app()
+    check_reachable(app, load_settings())
     try:
         if not no_check:
             answered, having = workers_with(app, task_name, timeout=1.0)
             if not having:
-                click.echo(
-                    f"taskcast: none of the {answered} running worker(s) on "
-                    f"{app.conf.broker_url} has the task {task_name!r} registered; start a "
-                    "worker that imports it (or pass --no-check to queue it anyway)",
-                    err=True,
+                raise Failure(
+                    ExitCode.NOT_FOUND,
+                    f"none of the {answered} running worker(s) on "
+                    f"{maybe_sanitize_url(app.conf.broker_url)} has the task {task_name!r} "
+                    "registered; start a worker that imports it (or pass --no-check to queue "
+                    "it anyway)",
                 )
-                sys.exit(EXIT_UNKNOWN)
         result = app.send_task(task_name, kwargs=kwargs, queue=queue)
     except OperationalError as exc:
-        click.echo(f"taskcast: cannot reach the Celery broker: {exc}", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        raise broker_failure(app, exc) from None
     click.echo(result.id)
     if watch_it:
-        run_client(url, token, lambda client: follow(client, result.id, Console(stderr=True)))
+        run_client(
+            url, token, "read", lambda client: follow(client, result.id, Console(stderr=True))
+        )
 
 
 def _operations_table(rows: dict[str, dict[str, Any]]) -> Table:
@@ -406,7 +526,7 @@ def _operations_table(rows: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-async def _monitor(client: TaskcastClient, console: Console, duration: float | None) -> int:
+async def _monitor(client: TaskcastClient, console: Console, duration: float | None) -> ExitCode:
     rows = {op["operation_id"]: op for op in await client.list_operations("active")}
 
     events = await client.monitor()
@@ -436,37 +556,66 @@ async def _monitor(client: TaskcastClient, console: Console, duration: float | N
             await run(live)
     else:
         await run(None)
-    return 0
+    return ExitCode.OK
 
 
 @click.command()
 @url_option
 @token_option
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds")
-def monitor(url: str | None, token: str | None, duration: float | None) -> None:
+def monitor(url: str, token: str | None, duration: float | None) -> None:
     """Show every operation live (a table on a terminal, one line per event otherwise)."""
-    run_client(url, token, lambda client: _monitor(client, Console(), duration))
+    run_client(url, token, "monitor", lambda client: _monitor(client, Console(), duration))
 
 
 @click.command()
 @url_option
 @token_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON object")
-def stats(url: str | None, token: str | None, as_json: bool) -> None:
+def stats(url: str, token: str | None, as_json: bool) -> None:
     """Print the bridge's statistics."""
 
-    async def show(client: TaskcastClient) -> int:
+    async def show(client: TaskcastClient) -> ExitCode:
         values = await client.get_stats()
         if as_json:
             click.echo(orjson.dumps(values, option=orjson.OPT_INDENT_2).decode())
-            return 0
+            return ExitCode.OK
         table = Table("statistic", "value", title="taskcast bridge")
         for key, value in values.items():
             table.add_row(key, str(value))
         Console().print(table)
-        return 0
+        return ExitCode.OK
 
-    run_client(url, token, show)
+    run_client(url, token, "monitor", show)
 
 
-COMMANDS = (submit, watch, monitor, stats)
+@click.command()
+@click.argument("operation_id")
+@url_option
+@token_option
+@click.option(
+    "--terminate",
+    is_flag=True,
+    help="Kill a running task at once (prefork pool) instead of at its next progress call",
+)
+def cancel(operation_id: str, url: str, token: str | None, terminate: bool) -> None:
+    """Cancel an operation: its task is revoked and the operation ends revoked.
+
+    Exit 0 once the bridge is cancelling it, 1 if it had already ended, 4 if unknown.
+    """
+
+    async def send(client: TaskcastClient) -> ExitCode:
+        try:
+            reply = await client.cancel(operation_id, terminate)
+        except CommandError as exc:
+            if exc.code != BAD_REQUEST:
+                raise
+            # The bridge's one refusal of a known operation: "operation already ended (...)".
+            raise Failure(ExitCode.FAILED, f"cannot cancel {operation_id}: {exc.message}") from None
+        click.echo(f"{reply['status']} {operation_id}; follow it: taskcast watch {operation_id}")
+        return ExitCode.OK
+
+    run_client(url, token, "cancel", send)
+
+
+COMMANDS = (submit, watch, monitor, stats, cancel)

@@ -13,8 +13,11 @@ import os
 import time
 from collections.abc import Iterable
 
-SCOPES = ("read", "monitor", "cancel")
+# ``metrics``: /metrics only, for a Prometheus that should read no operation.
+SCOPES = ("read", "monitor", "cancel", "metrics")
 SECRET_VARIABLE = "TASKCAST_AUTH_SECRET"
+ISSUER_VARIABLE = "TASKCAST_AUTH_ISSUER"
+AUDIENCE_VARIABLE = "TASKCAST_AUTH_AUDIENCE"
 HS_ALGORITHM = "HS256"
 
 
@@ -25,10 +28,14 @@ def mint_token(
     ttl: float = 300,
     subject: str | None = None,
     secret: str | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
 ) -> str:
     """A JWT letting its holder use ``operations`` (``"*"``: all) with ``scopes``, for ``ttl`` s.
 
-    ``secret`` defaults to TASKCAST_AUTH_SECRET, the bridges' HS256 key.
+    ``secret`` defaults to TASKCAST_AUTH_SECRET, the bridges' HS256 key; ``issuer`` and
+    ``audience`` (the ``iss``/``aud`` claims, left out when empty) to TASKCAST_AUTH_ISSUER
+    and TASKCAST_AUTH_AUDIENCE, which bridges configured with them require.
     ``subject`` (the user) is logged and counted by bridges, never trusted.
     """
     import jwt
@@ -47,4 +54,11 @@ def mint_token(
     claims: dict[str, object] = {"exp": math.ceil(time.time() + ttl), "ops": ops, "scopes": wanted}
     if subject is not None:
         claims["sub"] = subject
+    for claim, value, variable in (
+        ("iss", issuer, ISSUER_VARIABLE),
+        ("aud", audience, AUDIENCE_VARIABLE),
+    ):
+        value = value if value is not None else os.environ.get(variable, "")
+        if value:
+            claims[claim] = value
     return jwt.encode(claims, key, algorithm=HS_ALGORITHM)

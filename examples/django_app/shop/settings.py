@@ -17,4 +17,4 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0
 CELERY_TASK_ACKS_LATE = True
 
 # Where browsers reach the taskcast bridge (its JS client and WebSocket).
-TASKCAST_PUBLIC_URL = os.environ.get("TASKCAST_PUBLIC_URL", "http://127.0.0.1:8765")
+TASKCAST_PUBLIC_URL = os.environ.get("TASKCAST_PUBLIC_URL") or "http://127.0.0.1:8765"

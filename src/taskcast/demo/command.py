@@ -56,10 +56,21 @@ class ProcessTree:
     children: list[tuple[str, subprocess.Popen[bytes], int]] = field(default_factory=list)
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str], stop_signal: int = signal.SIGTERM
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        stop_signal: int = signal.SIGTERM,
+        stdout: int | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start a child; ``stop_signal`` goes to it alone when the tree stops."""
-        process = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+        """Start a child; ``stop_signal`` goes to it alone when the tree stops.
+
+        ``stdout``: ``subprocess.DEVNULL`` drops what the child prints there; its
+        stderr (where logs and errors go) stays the demo's.
+        """
+        process = subprocess.Popen(
+            argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=stdout
+        )
         self.children.append((name, process, stop_signal))
         return process
 
@@ -179,6 +190,9 @@ def _run(
             ],
             dict(env, PYTHONWARNINGS="ignore::UserWarning"),  # Celery's run-as-root warning
             stop_signal=signal.SIGQUIT,  # cold shutdown: do not wait for running tasks
+            # Celery prints "worker: Cold shutdown (MainProcess)" there whatever the log
+            # level; with --quiet nothing else (its log and errors go to stderr).
+            stdout=subprocess.DEVNULL,
         )
     tree.start("bridge", [sys.executable, "-m", "taskcast", "serve", "--port", str(port)], env)
     wait_http(f"http://{host}:{port}/healthz", 20, tree, stopping)
