@@ -61,8 +61,7 @@ from taskcast.members import parent_in
 from taskcast.tasks import canvas
 from taskcast.tasks.emitter import Emitter
 from taskcast.tasks.redelivery import judge
-from taskcast.tasks.runtime import configure, get_producer, get_settings
-from taskcast.worker_config import load_settings
+from taskcast.tasks.runtime import get_producer, get_settings, settings_at_start
 
 if TYPE_CHECKING:
     from taskcast.tasks.heartbeat import Heartbeat
@@ -84,16 +83,15 @@ def instrument(app: Celery, **settings: Any) -> Celery:
     """Stream the lifecycle of every task of ``app``; returns ``app`` unchanged.
 
     ``settings`` (``redis_url=``, ``prefix=``, any field of ``Settings``) set
-    where events are stored, over the ``TASKCAST_*`` environment; without
-    them the environment is read on the first event. Calling it again is
-    harmless (with settings, it switches the store).
+    where events are stored, over the ``TASKCAST_*`` environment. Calling it
+    again is harmless (with settings, it switches the store). A bad
+    ``TASKCAST_*`` value stops the process here, at start-up, with one line
+    naming the variable (never later, at a request). Only ``TASKCAST_*`` is
+    read: the app's broker, backend and options stay Celery's business.
     """
     if not isinstance(app, Celery):
         raise TypeError(f"instrument() takes a Celery app, not {type(app).__name__}")
-    if settings:
-        configure(load_settings(**settings))
-    else:
-        get_settings()  # a bad TASKCAST_* value stops the caller here, naming the variable
+    settings_at_start(**settings)
     _instrumented.add(app)
     connect_signals()
     return app
@@ -341,6 +339,13 @@ def _runsrecords_lifecycle(app: Any) -> bool:
     return app in _instrumented or any(records_lifecycle(task) for task in app.tasks.values())
 
 
+def check_settings(sender: Any = None, **_: Any) -> None:
+    """A worker of an app whose tasks taskcast records reads its settings before it
+    takes a task: a bad value stops it in one line, not at its first event."""
+    if _runsrecords_lifecycle(getattr(sender, "app", None)):
+        settings_at_start()
+
+
 def start_heartbeat(sender: Any = None, **_: Any) -> None:
     """Beat from the worker's main process, which outlives task crashes (see heartbeat.py)."""
     if not _runsrecords_lifecycle(getattr(sender, "app", None)):
@@ -375,6 +380,7 @@ _HANDLERS: tuple[tuple[signals.Signal, Any], ...] = (
     (signals.task_success, record_completed),
     (signals.task_failure, record_failed),
     (signals.task_revoked, record_revoked),
+    (signals.worker_init, check_settings),
     (signals.worker_ready, start_heartbeat),
     (signals.worker_shutdown, stop_heartbeat),
     (signals.worker_process_shutdown, store_before_exit),

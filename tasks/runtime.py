@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from taskcast.worker_config import Settings, load_settings
+from taskcast.worker_config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from taskcast.tasks.producer import Producer
@@ -67,6 +67,23 @@ def _loaded() -> _Current:
 def get_settings() -> Settings:
     """The settings in effect (from the environment unless :func:`configure` changed them)."""
     return _loaded().settings
+
+
+def settings_at_start(**overrides: Any) -> Settings:
+    """The settings a process starts with (``overrides`` over the environment), or the
+    process stops here with one line naming the bad variable.
+
+    For start-up only (``instrument()``, a worker's init): a ``ConfigError`` would
+    reach the user as a traceback of their app's import, 80 lines under
+    ``celery worker``, where one line says all. Code that wants to handle a bad
+    value itself calls :func:`~taskcast.worker_config.load_settings` first.
+    """
+    try:
+        if overrides:
+            return configure(load_settings(**overrides)).settings
+        return get_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"taskcast: {exc}") from None
 
 
 def get_producer() -> Producer:

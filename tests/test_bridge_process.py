@@ -142,5 +142,5 @@ def test_a_bad_environment_variable_stops_every_command_in_one_line(command: lis
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
         f"taskcast {command[0]}: TASKCAST_HISTORY_MAXLEN='abc' is invalid: "
-        "invalid literal for int() with base 10: 'abc'"
+        "must be a whole number >= 1"
     ]

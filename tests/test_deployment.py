@@ -112,6 +112,22 @@ def test_the_image_builds_from_what_its_dockerfile_copies(tmp_path: Path) -> Non
     assert subprocess.run([script, "--help"], capture_output=True, env=clean_env()).returncode == 0
 
 
+def test_the_build_context_holds_only_what_the_image_copies() -> None:
+    """``.dockerignore`` excludes everything (a checkout's .git, venvs, caches, a local
+    .env with secrets) but the Dockerfile's COPY sources, so a build sends only those."""
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*"
+    admitted = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    copied = {source.rstrip("/") for source, _ in dockerfile_copies(
+        (ROOT / "Dockerfile").read_text()
+    )}
+    assert admitted == copied
+
+
 def test_image_default_command_is_the_compose_bridge_command(compose: dict) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))

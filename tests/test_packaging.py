@@ -120,6 +120,52 @@ def test_the_wheel_installs_only_the_taskcast_namespace(user_venv: Venv, tmp_pat
     assert "bench/" not in recorded and "tests/" not in recorded
 
 
+PUBLIC_NAMES = {
+    "taskcast": [
+        "instrument", "ProgressTask", "progress", "status", "log", "ProgressRecorder",
+        "Emitter", "AsyncEmitter", "mint_token",
+    ],
+    "taskcast.client": ["TaskcastClient", "SyncClient"],
+}
+
+
+def test_a_strict_type_checker_sees_every_public_name_typed(
+    user_venv: Venv, tmp_path: Path
+) -> None:
+    """A user's ``mypy --strict`` knows what each public name is: none is ``Any`` (a lazy
+    export the checker cannot see would be, and would hide every mistake in its use)."""
+    lines = [f"import {module}" for module in PUBLIC_NAMES]
+    lines += [
+        f"reveal_type({module}.{name})" for module, names in PUBLIC_NAMES.items() for name in names
+    ]
+    user_code = tmp_path / "user_code.py"
+    user_code.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+         "--python-executable", user_venv.python, str(user_code)],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300,
+    )
+    revealed = [line for line in out.stdout.splitlines() if "Revealed type" in line]
+    assert len(revealed) == sum(map(len, PUBLIC_NAMES.values())), out.stdout + out.stderr
+    assert not [line for line in revealed if line.endswith('"Any"')], out.stdout
+    assert ": error:" not in out.stdout, out.stdout
+
+
+def test_the_wheel_declares_the_pythons_it_supports(user_venv: Venv, tmp_path: Path) -> None:
+    out = user_venv.run(
+        "-c",
+        "import importlib.metadata as m, json; d = m.metadata('taskcast');"
+        "print(json.dumps([d['Requires-Python'], d.get_all('Classifier')]))",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    requires, classifiers = json.loads(out.stdout)
+    assert requires == ">=3.10"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"Programming Language :: Python :: {version}" in classifiers
+    assert "Typing :: Typed" in classifiers
+
+
 def test_editable_install_exposes_only_taskcast(tmp_path: Path) -> None:
     """``pip install -e .`` maps the folders into ``taskcast`` and puts no ``tasks`` on the path."""
     env = make_venv(tmp_path / "env", system_site_packages=True)

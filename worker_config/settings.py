@@ -36,10 +36,14 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
 
 
 def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    bound = f"between {low} and {high}" if high is not None else f">= {low}"
+
     def parse(raw: str) -> int:
-        value = int(raw)
+        try:
+            value = int(raw)
+        except ValueError:  # Python's "invalid literal for int() with base 10" says less
+            raise ValueError(f"must be a whole number {bound}") from None
         if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f">= {low}"
             raise ValueError(f"must be {bound}")
         return value
 
@@ -48,7 +52,10 @@ def _int(low: int, high: int | None = None) -> Callable[[str], int]:
 
 def _float(low: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        value = float(raw)
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
         if not value >= low:  # also rejects NaN
             raise ValueError(f"must be a number >= {low}")
         return value
@@ -126,7 +133,6 @@ def _trace_url(raw: str) -> str:
 
 
 _REDIS = _url(("redis", "rediss", "unix"))
-_BROKER = _url(("redis", "rediss", "amqp", "amqps", "pyamqp", "memory", "sentinel"))
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,11 @@ class Settings:
 # field name -> (environment variable, parser)
 _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "redis_url": ("TASKCAST_REDIS_URL", _REDIS),
-    "broker_url": ("CELERY_BROKER_URL", _BROKER),
-    "result_backend": ("CELERY_RESULT_BACKEND", _url(("redis", "rediss", "rpc", "cache", "db"))),
+    # Celery's own variables, read where taskcast starts Celery apps of its own (the
+    # bridge's revoke and ingester, the CLI, the demo) and never judged: any value
+    # Celery accepts (django-db, db+postgresql://, sqs://, ...) is Celery's to refuse.
+    "broker_url": ("CELERY_BROKER_URL", str),
+    "result_backend": ("CELERY_RESULT_BACKEND", str),
     "prefix": ("TASKCAST_PREFIX", _prefix),
     "history_maxlen": ("TASKCAST_HISTORY_MAXLEN", _int(1)),
     "history_ttl": ("TASKCAST_HISTORY_TTL", _int(1)),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from taskcast.tasks.emitter import AsyncEmitter, Emitter
     from taskcast.tasks.lifecycle import instrument
     from taskcast.tasks.task import ProgressTask
+    from taskcast.tokens import mint_token
 
 __version__ = "0.1.0"
 
