@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 from bridge_helpers import RestartableBridge, follow_seqs, http_get, produce_numbered
-from helpers import wait_for, worker_env
+from helpers import ROOT_DIR, wait_for, worker_env
 from system_packages import require_binary
 
 from taskcast.embedded_redis import free_port
@@ -111,3 +113,36 @@ async def test_clients_behind_haproxy_resume_on_the_other_bridge_when_one_dies(
     # Those on the killed bridge (some, by the counts above) could only resume on the other.
     expected = list(range(1, EVENTS + 3))
     assert all(seqs == expected for seqs in received)
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_the_example_config_starts_under_an_ordinary_open_file_limit(tmp_path: Path) -> None:
+    """examples/haproxy/haproxy.cfg (the compose file's balancer) with the usual 1024
+    descriptors: it must listen, not refuse to start for its own maxconn."""
+    haproxy = require_binary("haproxy", "haproxy")
+    port = free_port()
+    example = (ROOT_DIR / "examples" / "haproxy" / "haproxy.cfg").read_text()
+    assert "bind :8765" in example
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(example.replace("bind :8765", f"bind 127.0.0.1:{port}"))
+
+    def ordinary_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    balancer = subprocess.Popen(
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, preexec_fn=ordinary_limit,
+    )
+    try:
+        wait_for(lambda: accepts(port) or balancer.poll() is not None, timeout=15)
+        assert balancer.poll() is None, balancer.communicate()[1]
+    finally:
+        balancer.terminate()
+        balancer.wait(10)
