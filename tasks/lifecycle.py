@@ -8,9 +8,13 @@ entirely. Nothing here changes the app's configuration or ``current_app``.
 
 Where each event comes from, and why there:
 
-- ``queued``: ``before_task_publish``, in the publishing process, before the
-  message exists; no worker can run the task earlier, so it is always seq 1.
-  The signal does not name the app, so a message is ours when Celery's
+- ``queued``: ``after_task_publish``, in the publishing process, once the
+  broker has the message (a publish that raises goes to its caller, and
+  leaves no operation waiting for ever), with what ``before_task_publish``
+  saw of it. A worker may begin the task first: the store then drops the
+  late ``queued`` (a group still learns its size from it), so ``queued``
+  never follows ``running``. ``before_task_publish`` decides whether a
+  message is ours. The signal does not name the app, so a message is ours when Celery's
   ``reply_to`` property is an instrumented app's ``thread_oid`` (what
   ``send_task`` sets), or its task name is a ``ProgressTask`` or registered in
   an instrumented app that is already finalized (a retry republished by a
@@ -44,6 +48,7 @@ never raises for Redis errors, so none of this can fail a task.
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
@@ -51,6 +56,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
@@ -75,6 +81,8 @@ _lifecycle_names: set[str] = set()
 _connect_lock = threading.Lock()
 _connected = False
 
+# The queued events of the publish in progress in this thread (see record_queued).
+_publishing = threading.local()
 # task id -> time.monotonic() of ``running``, in the process running the task
 _started: dict[str, float] = {}
 
@@ -212,22 +220,50 @@ def record_queued(
         return
     data = status_data("queued", "Waiting for a worker", {"queue": routing_key})
     embedded, position = _embedded(body), _position(headers)
-    emitter.emit(
-        "status",
-        task_id,
-        data,
-        operation_type=sender,
-        metadata=publish_metadata(headers),
-        parent=canvas.parent_at_publish(headers, embedded, position),
-    )
-    for held in canvas.held_at_publish(headers, embedded, position):
-        emitter.emit(
+    emits = [
+        partial(
+            emitter.emit,
             "status",
-            held.operation_id,
-            status_data("queued", _HELD_WAITING[held.role]),
-            operation_type=held.name,
-            parent=held.parent,
+            task_id,
+            data,
+            operation_type=sender,
+            metadata=publish_metadata(headers),
+            parent=canvas.parent_at_publish(headers, embedded, position),
         )
+    ]
+    for held in canvas.held_at_publish(headers, embedded, position):
+        data = status_data("queued", _HELD_WAITING[held.role])
+        emits.append(
+            partial(
+                emitter.emit,
+                "status",
+                held.operation_id,
+                data,
+                operation_type=held.name,
+                parent=held.parent,
+            )
+        )
+    # Stored once the broker has the message (record_published): a publish that raises
+    # goes to the caller, and must leave no operation waiting for a worker that never
+    # gets it. One publish at a time per thread, so a failed one's events are simply
+    # replaced by the next publish's. The context is this moment's, so the events carry
+    # the span current now (an instrumentation's publish span ends before they store).
+    _publishing.pending = (task_id, contextvars.copy_context(), emits)
+
+
+def record_published(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """``after_task_publish``: the message is out; store what :func:`record_queued` held.
+
+    The worker may have begun the task already; the store keeps ``queued`` before
+    ``running`` all the same (a late ``queued`` is not stored, see taskcast.store).
+    """
+    pending = getattr(_publishing, "pending", None)
+    if pending is None or pending[0] != (headers or {}).get("id"):
+        return
+    _publishing.pending = None
+    _, context, emits = pending
+    for emit in emits:
+        context.run(emit)
 
 
 def record_redelivered(request: Any = None, **_: Any) -> None:
@@ -375,6 +411,7 @@ def store_before_exit(**_: Any) -> None:
 
 _HANDLERS: tuple[tuple[signals.Signal, Any], ...] = (
     (signals.before_task_publish, record_queued),
+    (signals.after_task_publish, record_published),
     (signals.task_received, record_redelivered),
     (signals.task_prerun, record_running),
     (signals.task_success, record_completed),

@@ -195,3 +195,22 @@ def test_an_operation_without_a_parent_takes_the_plain_append(
     store.append(Event("progress", "plain", progress_data(0.5)))
     assert redis_client.script_exists(store._member_append.sha) == [False]
     assert store.snapshot("plain")["parent_id"] is None
+
+
+def test_a_late_queued_still_tells_the_group_its_size(store: EventStore) -> None:
+    """The last member's worker began (and finished) before its publisher stored the
+    ``queued`` carrying the group's size: that queued is not stored for the member,
+    and the group completes with it all the same."""
+    store.append(queued("a"))
+    store.append(running("a"))
+    store.append(completed("a"))
+    store.append(running("b"))
+    store.append(completed("b"))
+    assert store.snapshot(GROUP)["status"] == "running"  # no size yet: not done
+    store.append(queued("b", size=2))
+    assert store.snapshot(GROUP)["status"] == "completed"
+    assert progresses(store)[-1] == 1.0
+    assert store.snapshot("b")["status"] == "completed"
+    assert [orjson.loads(raw)["data"].get("status") for _, raw in store.history("b")][0] == (
+        "running"
+    )

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from taskcast.events import Event, error_data, log_data, progress_data, status_data
-from taskcast.store import EventStore
+from taskcast.store import LATE_QUEUED, EventStore
 
 
 def status(op: str, name: str, **kw) -> Event:
@@ -243,3 +243,29 @@ def test_an_append_retried_after_its_reply_was_lost_is_stored_once(store: EventS
         "theirs",
     ]
     assert not any(name.startswith("_") for name in store.snapshot("op"))
+
+
+def test_a_queued_stored_after_its_run_began_is_not_stored(store: EventStore) -> None:
+    """A publisher stores queued once the broker has the message, and a fast worker can
+    begin (or even end) the task first: the late queued neither puts a running task
+    back to waiting nor reopens a finished one, and queued never follows running."""
+    store.append(Event("status", "fast", status_data("running")))
+    assert store.append(Event("status", "fast", status_data("queued"))) == LATE_QUEUED
+    assert store.snapshot("fast")["status"] == "running"
+    store.append(Event("completed", "fast", {"status": "completed"}))
+
+    store.append(Event("status", "faster", status_data("running")))
+    store.append(Event("completed", "faster", {"status": "completed"}))
+    assert store.append(Event("status", "faster", status_data("queued"))) == LATE_QUEUED
+    snapshot = store.snapshot("faster")
+    assert (snapshot["status"], snapshot["last_seq"]) == ("completed", 2)
+    # The same id published again later is a new run, which its queued opens.
+    assert store.append(Event("status", "faster", status_data("queued"))) == 3
+    assert store.snapshot("faster")["status"] == "queued"
+
+
+def test_a_queued_stored_in_time_is_the_runs_first_event(store: EventStore) -> None:
+    assert store.append(Event("status", "timely", status_data("queued"))) == 1
+    assert store.append(Event("status", "timely", status_data("running"))) == 2
+    store.append(Event("completed", "timely", {"status": "completed"}))
+    assert store.append(Event("status", "timely", status_data("queued"))) == 4  # a re-run

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 
+import pytest
+from celery import Celery
 from helpers import INSTRUMENTED_SUMMARY, events_of, summary, wait_finished
+from kombu.exceptions import OperationalError
 
 from taskcast import tasks
+from taskcast.embedded_redis import free_port
 from taskcast.store import EventStore
 from taskcast.tasks.lifecycle import publish_metadata, seconds_until
 
@@ -174,3 +179,24 @@ def test_task_arguments_are_recorded_only_when_asked_and_as_celerys_reprs(
     assert b"hunter2" not in stored_bytes(store, shown.id)
     plain = run_task("test.plain_add", {"a": 1, "b": 2})  # no override: Celery's own repr
     assert plain.snapshot["metadata"]["kwargs"] == "{'a': 1, 'b': 2}"
+
+
+def test_a_publish_that_raises_leaves_no_operation_waiting(
+    task_app, run_task, store: EventStore
+) -> None:
+    """The broker is unreachable: ``apply_async`` raises to its caller, and taskcast shows
+    no operation "Waiting for a worker" that no worker will ever get. The thread's next
+    publish is recorded as usual."""
+    unreachable = Celery("unreachable", broker=f"redis://127.0.0.1:{free_port()}/0")
+    tasks.instrument(unreachable)
+
+    @unreachable.task(name="test.never_published")
+    def never_published() -> None: ...
+
+    task_id = f"unpublished-{uuid.uuid4()}"
+    with pytest.raises(OperationalError):
+        never_published.apply_async(task_id=task_id, retry=False)
+    assert store.snapshot(task_id) is None
+    run = run_task("test.plain_add", {"a": 1, "b": 1})
+    assert summary(run.events)[0] == "status:queued"
+    assert store.snapshot(task_id) is None

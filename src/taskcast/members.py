@@ -80,8 +80,11 @@ local function aggregate(P, M)
     'size', 'sum', 'completed', 'failed', 'started')
   local count = tonumber(s[4] or '0')
   if count == 0 and M[7] == '' then return end
-  if s[1] and seq <= tonumber(s[1]) then return end
-  local fields = {'s:' .. member, seq}
+  -- A member's late queued (seq 0, see store.py) was never stored, but may still carry
+  -- the size: it seals the group and changes nothing else.
+  local stale = s[1] and seq <= tonumber(s[1])
+  if stale and not (change == 'q' and tonumber(M[8]) > 0) then return end
+  local fields = stale and {} or {'s:' .. member, seq}
   local joined = {}
   if not s[1] then joined[#joined + 1] = member end
   if M[9] ~= '' and redis.call('HSETNX', P[6], 's:' .. M[9], 0) == 1 then

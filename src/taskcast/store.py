@@ -38,6 +38,9 @@ from taskcast.redis_clients import store_client
 if TYPE_CHECKING:
     from taskcast.worker_config import Settings
 
+# What the append returns for a ``queued`` that came after its run began (see below).
+LATE_QUEUED = -2
+
 # Unfinished operations whose last write a store object remembers (a worker runs a
 # few at a time; the bound only matters for a long-lived emitter that never ends some).
 WRITTEN_LIMIT = 10_000
@@ -55,11 +58,20 @@ WRITTEN_LIMIT = 10_000
 #       (Keys.type_index_prefix), then the overwrite pairs, then the pairs to set only
 #       when the snapshot is new.
 # Returns {seq, epoch}: seq 0 when the operation already ended, -1 when the marker
-# says the event was stored before, or for a ``queued`` of an operation still queued
-# (nothing stored in any of these cases). A writer's numbers for one operation only
-# grow, and the snapshot keeps the last one it stored (``_w:<writer>``): an append
-# retried after its reply was lost (a timeout, a cut link) finds its number there and
-# is not stored again.
+# says the event was stored before, or for a ``queued`` of an operation still queued,
+# -2 for a ``queued`` that came after its run began (nothing stored in any of these
+# cases).
+#
+# A publisher stores ``queued`` once the broker has the message (a publish that
+# raises must leave nothing waiting), so the worker's ``running``, even its end, can
+# come first. A run that begins with no ``queued`` before it (the operation is new,
+# or had ended) marks the snapshot (``_aq``); the next ``queued`` is then that run's,
+# late: it is not stored (-2; it would reopen an ended run or put a running one back
+# to waiting) and clears the mark, but still tells a group its size (members.py).
+#
+# A writer's numbers for one operation only grow, and the snapshot keeps the last one
+# it stored (``_w:<writer>``): an append retried after its reply was lost (a timeout,
+# a cut link) finds its number there and is not stored again.
 #
 # The epoch (PROTOCOL.md "History epochs") is chosen with the first event the store
 # holds for an operation: after Redis lost everything, the next event starts a new
@@ -91,7 +103,7 @@ APPEND_SCRIPT = """
 local kind = ARGV[8]
 local writer = ARGV[15] ~= '' and '_w:' .. ARGV[15] or '_indexed'
 local state = redis.call('HMGET', KEYS[1], 'epoch', 'last_seq', 'terminal', '_type', '_indexed',
-  writer)
+  writer, '_aq')
 local epoch, last, terminal, optype = state[1], tonumber(state[2] or '0'), state[3], state[4]
 local now = tonumber(ARGV[7])
 if ARGV[15] ~= '' and epoch and tonumber(state[6] or '0') >= tonumber(ARGV[16]) then
@@ -106,6 +118,9 @@ end
 if renewed then
   local clock = redis.call('TIME')
   epoch = string.format('"%013x%s"', clock[1] * 1000000 + clock[2], ARGV[9])
+elseif kind == 'q' and state[7] then
+  redis.call('HDEL', KEYS[1], '_aq')
+  return {-2, epoch}
 elseif kind == 'q' and terminal ~= '1' and redis.call('HGET', KEYS[1], 'status') == '"queued"' then
   return {-1, epoch}
 elseif kind ~= 'r' and kind ~= 'q' and terminal == '1' then
@@ -117,6 +132,10 @@ end
 local seq = last + 1
 local event = ARGV[2] .. seq .. ',"epoch":' .. epoch .. ARGV[3]
 local fields = {'last_seq', seq, 'terminal', kind == 't' and '1' or '0'}
+if kind == 'r' and (created or terminal == '1') then
+  fields[#fields + 1] = '_aq'
+  fields[#fields + 1] = '1'
+end
 if renewed then
   fields[#fields + 1] = 'epoch'
   fields[#fields + 1] = epoch
@@ -191,8 +210,8 @@ MEMBER_APPEND_SCRIPT = f"""{_APPEND_FUNCTION}
 local K = {{unpack(KEYS, {MEMBER_KEYS + 1})}}
 local M = {{unpack(ARGV, 1, {MEMBER_ARGS})}}
 local result = append(K, {{unpack(ARGV, {MEMBER_ARGS + 1})}})
-if result[1] > 0 then
-  M[3] = result[1]
+if result[1] > 0 or result[1] == {LATE_QUEUED} then
+  M[3] = math.max(result[1], 0)
   aggregate(KEYS, M)
 end
 return result
@@ -266,8 +285,8 @@ class EventStore:
         change = member_change(event)
         if change is not None and self._split(event):
             seq, epoch = self._append(keys=keys, args=args)
-            if int(seq) > 0:
-                self._aggregate(*self._member_input(event, change, int(seq)))
+            if int(seq) > 0 or int(seq) == LATE_QUEUED:
+                self._aggregate(*self._member_input(event, change, max(int(seq), 0)))
         elif change is not None:
             member_keys, member_argv = self._member_input(event, change, 0)
             seq, epoch = self._member_append(keys=member_keys + keys, args=member_argv + args)
