@@ -36,7 +36,7 @@ from taskcast.bridge.commands import (
     not_found_message,
 )
 from taskcast.bridge.limits import IDLE_HEAD_TIMEOUT, client_address, client_address_of
-from taskcast.bridge.reader import STORE_ERRORS
+from taskcast.bridge.reader import PROBE_TIMEOUT, STORE_ERRORS
 from taskcast.bridge.sse import SINGLE_HEADERS, StreamRequestError, parse_stream_request
 from taskcast.protocol import (
     BAD_REQUEST,
@@ -270,7 +270,7 @@ class HttpRoutes:
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
         if path == "/readyz":
-            if await bridge.reader.ping():
+            if await bridge.reader.ping(PROBE_TIMEOUT):
                 return json_response(200, {"status": "ready"})
             return error_response(503, UNAVAILABLE, "event store (Redis) is unreachable")
         if path == METRICS_PATH:

@@ -42,6 +42,8 @@ log = logging.getLogger("taskcast.bridge")
 
 # Errors meaning "the store is not reachable right now" (never a bug in the bridge).
 STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# How long /readyz and /metrics wait for Redis: they answer within a second, frozen or not.
+PROBE_TIMEOUT = 0.5
 
 
 def _client(
@@ -86,10 +88,12 @@ class StoreReader:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def ping(self) -> bool:
-        """Whether Redis answers right now (``/readyz``)."""
+    async def ping(self, timeout: float) -> bool:
+        """Whether Redis answers within ``timeout`` seconds (``/readyz``): a frozen Redis
+        (a stopped process, a dead link) gives no error, and the socket timeout is
+        longer than any probe waits."""
         try:
-            return bool(await self.client.ping())
+            return bool(await asyncio.wait_for(self.client.ping(), timeout))
         except STORE_ERRORS:
             return False
 

@@ -69,7 +69,7 @@ from taskcast.bridge.limits import (
     default_max_connections,
 )
 from taskcast.bridge.metrics import BridgeMetrics
-from taskcast.bridge.reader import STORE_ERRORS, LiveTail, StoreReader
+from taskcast.bridge.reader import PROBE_TIMEOUT, STORE_ERRORS, LiveTail, StoreReader
 from taskcast.bridge.revoke import Revoker
 from taskcast.bridge.sweeper import sweep_periodically
 from taskcast.events import FINISHED_STATUSES
@@ -755,9 +755,11 @@ class Bridge:
                 await asyncio.wait_for(self._presence_stop.wait(), presence.REPORT_SECONDS)
 
     async def producer_totals(self) -> dict[str, int]:
-        """Worker processes' producer counters for /metrics; none while Redis is down."""
+        """Worker processes' producer counters for /metrics; none while Redis is down or
+        slower than ``PROBE_TIMEOUT``: a scrape must not time out with the store, when
+        the bridge's own figures matter most."""
         try:
-            return await self.reader.producer_totals()
+            return await asyncio.wait_for(self.reader.producer_totals(), PROBE_TIMEOUT)
         except STORE_ERRORS:
             return {}
 

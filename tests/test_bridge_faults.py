@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import urllib.error
+import urllib.request
 
 import redis
 from bridge_helpers import WsClient, eventually, http_get, running_bridge
@@ -94,3 +98,39 @@ async def test_redis_outage_keeps_clients_connected_and_the_tail_resumes(prefix:
             )
             await watcher.close()
         client.close()
+
+
+def answered_within(url: str, seconds: float) -> int:
+    """The status of a GET that a client giving up after ``seconds`` got (an orchestrator's
+    probe with ``timeoutSeconds: 1``); raises if it got none."""
+    try:
+        with urllib.request.urlopen(url, timeout=seconds) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+async def test_probes_and_metrics_answer_within_a_second_while_redis_is_frozen(
+    prefix: str,
+) -> None:
+    """A Redis that stops answering without closing its sockets (SIGSTOP, a dead link):
+    /readyz says 503 and /metrics still serves the bridge's own figures, in time for a
+    probe or a scrape; both recover when Redis does."""
+    with EmbeddedRedis() as server:
+        async with running_bridge(server.url, prefix) as bridge:
+            base = f"http://127.0.0.1:{bridge.port}"
+            assert await asyncio.to_thread(answered_within, f"{base}/readyz", 1.0) == 200
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                for _ in range(3):
+                    for path, status in (("/readyz", 503), ("/metrics", 200), ("/healthz", 200)):
+                        got = await asyncio.to_thread(answered_within, base + path, 1.0)
+                        assert got == status, path
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+
+            async def ready() -> bool:
+                return await asyncio.to_thread(answered_within, f"{base}/readyz", 1.0) == 200
+
+            await eventually(ready, timeout=10)
