@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +91,52 @@ async def test_close_while_waiting_to_reconnect_returns_and_leaves_no_connection
     await asyncio.wait_for(client.close(), timeout=3)
     await asyncio.sleep(0.5)  # past the moment it would have reconnected
     assert bridge.hub.connections == {}
+
+
+ENDING_PROGRAM = """
+import asyncio, sys
+from websockets.exceptions import ConnectionClosed
+from taskcast.client import BridgeUnavailable, TaskcastClient
+
+async def main() -> None:
+    client = await TaskcastClient(sys.argv[1]).connect()
+    watch = asyncio.ensure_future(anext(client.watch("never-ends")))
+    await client.request("ping")  # answered after the watch's subscribe
+    print("watching", flush=True)
+    sys.stdin.readline()  # the bridge is gone
+    while True:  # until the client knows it: a request then waits for a new connection
+        try:
+            await asyncio.wait_for(client.request("ping"), 0.5)
+        except asyncio.TimeoutError:
+            return
+        except (BridgeUnavailable, ConnectionClosed):
+            pass
+
+asyncio.run(main())
+print("exited", flush=True)
+"""
+
+
+def test_a_program_that_ends_while_its_watch_waits_for_the_bridge_exits(
+    restartable_bridge: RestartableBridge,
+) -> None:
+    """``asyncio.run`` cancels every task when ``main`` returns (or on Ctrl-C), the
+    client's own among them: a watch waiting for a bridge that has gone must not keep
+    the program from exiting."""
+    program = subprocess.Popen(
+        [sys.executable, "-c", ENDING_PROGRAM, restartable_bridge.url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert program.stdout is not None and program.stdin is not None
+        assert program.stdout.readline() == "watching\n"
+        restartable_bridge.stop(signal.SIGKILL)
+        program.stdin.write("end\n")
+        program.stdin.flush()
+        out, err = program.communicate(timeout=20)
+    finally:
+        program.kill()
+    assert (program.returncode, out) == (0, "exited\n"), err
 
 
 async def test_watch_of_a_finished_operation_from_its_last_seq_ends_at_once(

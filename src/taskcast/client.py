@@ -492,7 +492,23 @@ class TaskcastClient:
             raise BridgeUnavailable("the client is closed")
 
     async def _read_loop(self) -> None:
+        """Read and reconnect until the client closes or the bridge is lost for good.
+
+        However it ends, cancelled too (``asyncio.run`` cancels every task at exit, this
+        one with the rest), the client is closed and everything waiting on it released:
+        else a watch's clean-up, or a request, would wait for a connection for ever.
+        """
         lost: BridgeUnavailable | None = None  # None: the caller closed the client
+        try:
+            lost = await self._read_until_lost()
+        finally:
+            self._closing = True
+            self._connected.set()
+            self._fail_pending(BridgeUnavailable("the client is closed"))
+            self._finish_iterators(lost)
+
+    async def _read_until_lost(self) -> BridgeUnavailable | None:
+        """The read loop proper; why the bridge is lost, or None if the client closed."""
         while True:
             assert self._ws is not None
             try:
@@ -504,24 +520,18 @@ class TaskcastClient:
             self._fail_pending(BridgeUnavailable("connection to the bridge lost"))
             code = self._ws.close_code
             if self._closing:
-                break
+                return None
             if code == CLOSE_TOKEN_EXPIRED:
                 if self.get_token is None:
-                    lost = BridgeUnavailable("the token expired (4401); pass get_token to renew")
-                    break
+                    return BridgeUnavailable("the token expired (4401); pass get_token to renew")
                 self.token = None  # reconnect with a fresh one and resume
             if not self.reconnect or not should_reconnect(code):
-                lost = BridgeUnavailable(f"the bridge closed the connection (code {code})")
-                break
+                return BridgeUnavailable(f"the bridge closed the connection (code {code})")
             if not await self._reopen():
-                lost = BridgeUnavailable(
+                return BridgeUnavailable(
                     f"the bridge at {self.url} did not come back within "
                     f"{self.max_reconnect_time:.0f}s"
                 )
-                break
-        self._closing = True
-        self._connected.set()
-        self._finish_iterators(lost)
 
     async def _reopen(self) -> bool:
         """Reconnect with back-off and resume every subscription; False if it gave up."""
