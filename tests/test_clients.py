@@ -172,6 +172,31 @@ async def test_watch_resubscribes_once_the_store_is_back_when_a_resume_found_it_
             assert (await asyncio.wait_for(first, timeout=10))["seq"] == 1
 
 
+async def test_a_watch_begun_while_the_store_is_down_waits_for_it(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bridge answers ``unavailable`` while its Redis is down: a new watch waits for
+    the store, as it waits for a bridge that restarts, instead of raising into the
+    application."""
+    monkeypatch.setattr(client_module, "backoff_delay", lambda attempt: 0.1)
+    with EmbeddedRedis() as server:
+        store = EventStore(redis.Redis.from_url(server.url), prefix=prefix)
+        async with (
+            running_bridge(server.url, prefix) as bridge,
+            TaskcastClient(bridge.url) as client,
+        ):
+            server.stop()
+            first = asyncio.ensure_future(anext(client.watch("op")))
+            await asyncio.sleep(0)  # the watch's first step sends its subscribe
+            # The bridge answers in order: once this is refused, so was the subscribe.
+            with pytest.raises(CommandError, match="unavailable"):
+                await client.get_operation("op")
+            assert not first.done()
+            server.start()
+            await asyncio.to_thread(store.append, Event("status", "op", status_data("queued")))
+            assert (await asyncio.wait_for(first, timeout=10))["seq"] == 1
+
+
 async def test_watch_follows_a_history_into_a_new_epoch_when_redis_restarts_empty(
     prefix: str,
 ) -> None:

@@ -342,14 +342,16 @@ class TaskcastClient:
         the reply; :meth:`get_operation` then tells how it ended. Raises
         :class:`BridgeUnavailable` if the bridge goes away for good (a close
         code that forbids reconnecting, or no bridge within
-        ``max_reconnect_time``), so that is never mistaken for the end.
+        ``max_reconnect_time``), so that is never mistaken for the end. A watch
+        begun while the bridge's Redis is down waits for it as long, then raises
+        ``CommandError('unavailable')``.
         """
         sub = self._subs.setdefault(operation_id, _Subscription())
         watcher = _Watcher(since, epoch)
         sub.watchers.append(watcher)
         try:
             try:
-                await self._subscribe(operation_id, sub)
+                await self._while_store_down(lambda: self._subscribe(operation_id, sub))
             except BridgeUnavailable:
                 if self._closing:
                     raise  # otherwise the reconnect resubscribes everything in _subs
@@ -426,6 +428,22 @@ class TaskcastClient:
         snapshot = sub.snapshot or {}
         if snapshot.get("status") in FINISHED_STATUSES and reply.get("replayed", 0) == 0:
             sub.end(None)
+
+    async def _while_store_down(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """``attempt()``, again with back-off while the bridge answers ``unavailable`` (its
+        Redis is down, restarting or frozen), for up to ``max_reconnect_time``: a watch
+        begun during a store outage waits for the store, as one begun during a bridge
+        restart waits for the bridge; the refusal is raised only after that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_reconnect_time
+        for attempt_number in itertools.count():
+            try:
+                return await attempt()
+            except CommandError as exc:
+                delay = backoff_delay(attempt_number)
+                if exc.code != UNAVAILABLE or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
 
     async def _subscribe_all(self) -> None:
         fields = {"operation_type": self._monitor_type} if self._monitor_type else {}
