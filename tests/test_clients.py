@@ -4,6 +4,7 @@ a real Celery worker and a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -149,27 +150,36 @@ async def test_watch_of_a_finished_operation_from_its_last_seq_ends_at_once(
         assert await asyncio.wait_for(anext(watched, None), timeout=3) is None
 
 
-async def test_watch_resubscribes_once_the_store_is_back_when_a_resume_found_it_down(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(client_module, "backoff_delay", lambda attempt: 0.1)
+@contextlib.asynccontextmanager
+async def on_own_redis(
+    prefix: str,
+) -> AsyncIterator[tuple[EmbeddedRedis, EventStore, Bridge, TaskcastClient]]:
+    """A bridge on a Redis of the test's own (to stop and start), and a client of it."""
     with EmbeddedRedis() as server:
         store = EventStore(redis.Redis.from_url(server.url), prefix=prefix)
         async with (
             running_bridge(server.url, prefix) as bridge,
             TaskcastClient(bridge.url) as client,
         ):
-            first = asyncio.ensure_future(anext(client.watch("op")))
-            await eventually(lambda: bridge.hub.subscription_count == 1)
-            server.stop()
-            old = next(iter(bridge.hub.connections.values()))
-            await old.ws.close(1012, "service restart")
-            # The client reconnects at once; its resubscribe is refused as unavailable.
-            await eventually(lambda: bridge.hub.connections.keys() - {old.client_id})
-            await asyncio.sleep(0.3)
-            server.start()
-            await asyncio.to_thread(store.append, Event("status", "op", status_data("queued")))
-            assert (await asyncio.wait_for(first, timeout=10))["seq"] == 1
+            yield server, store, bridge, client
+
+
+async def test_watch_resubscribes_once_the_store_is_back_when_a_resume_found_it_down(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "backoff_delay", lambda attempt: 0.1)
+    async with on_own_redis(prefix) as (server, store, bridge, client):
+        first = asyncio.ensure_future(anext(client.watch("op")))
+        await eventually(lambda: bridge.hub.subscription_count == 1)
+        server.stop()
+        old = next(iter(bridge.hub.connections.values()))
+        await old.ws.close(1012, "service restart")
+        # The client reconnects at once; its resubscribe is refused as unavailable.
+        await eventually(lambda: bridge.hub.connections.keys() - {old.client_id})
+        await asyncio.sleep(0.3)
+        server.start()
+        await asyncio.to_thread(store.append, Event("status", "op", status_data("queued")))
+        assert (await asyncio.wait_for(first, timeout=10))["seq"] == 1
 
 
 async def test_a_watch_begun_while_the_store_is_down_waits_for_it(
@@ -179,22 +189,17 @@ async def test_a_watch_begun_while_the_store_is_down_waits_for_it(
     the store, as it waits for a bridge that restarts, instead of raising into the
     application."""
     monkeypatch.setattr(client_module, "backoff_delay", lambda attempt: 0.1)
-    with EmbeddedRedis() as server:
-        store = EventStore(redis.Redis.from_url(server.url), prefix=prefix)
-        async with (
-            running_bridge(server.url, prefix) as bridge,
-            TaskcastClient(bridge.url) as client,
-        ):
-            server.stop()
-            first = asyncio.ensure_future(anext(client.watch("op")))
-            await asyncio.sleep(0)  # the watch's first step sends its subscribe
-            # The bridge answers in order: once this is refused, so was the subscribe.
-            with pytest.raises(CommandError, match="unavailable"):
-                await client.get_operation("op")
-            assert not first.done()
-            server.start()
-            await asyncio.to_thread(store.append, Event("status", "op", status_data("queued")))
-            assert (await asyncio.wait_for(first, timeout=10))["seq"] == 1
+    async with on_own_redis(prefix) as (server, store, _, client):
+        server.stop()
+        first = asyncio.ensure_future(anext(client.watch("op")))
+        await asyncio.sleep(0)  # the watch's first step sends its subscribe
+        # The bridge answers in order: once this is refused, so was the subscribe.
+        with pytest.raises(CommandError, match="unavailable"):
+            await client.get_operation("op")
+        assert not first.done()
+        server.start()
+        await asyncio.to_thread(store.append, Event("status", "op", status_data("queued")))
+        assert (await asyncio.wait_for(first, timeout=10))["seq"] == 1
 
 
 async def test_watch_follows_a_history_into_a_new_epoch_when_redis_restarts_empty(
