@@ -56,7 +56,6 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
@@ -220,35 +219,21 @@ def record_queued(
         return
     data = status_data("queued", "Waiting for a worker", {"queue": routing_key})
     embedded, position = _embedded(body), _position(headers)
-    emits = [
-        partial(
-            emitter.emit,
-            "status",
-            task_id,
-            data,
-            operation_type=sender,
-            metadata=publish_metadata(headers),
-            parent=canvas.parent_at_publish(headers, embedded, position),
-        )
+    parent = canvas.parent_at_publish(headers, embedded, position)
+    # (operation id, data, operation type, metadata, parent) of each queued to store
+    queued: list[tuple[str, dict[str, Any], str | None, dict[str, Any] | None, Parent | None]]
+    queued = [(task_id, data, sender, publish_metadata(headers), parent)]
+    queued += [
+        (held.operation_id, status_data("queued", _HELD_WAITING[held.role]), held.name, None,
+         held.parent)
+        for held in canvas.held_at_publish(headers, embedded, position)
     ]
-    for held in canvas.held_at_publish(headers, embedded, position):
-        data = status_data("queued", _HELD_WAITING[held.role])
-        emits.append(
-            partial(
-                emitter.emit,
-                "status",
-                held.operation_id,
-                data,
-                operation_type=held.name,
-                parent=held.parent,
-            )
-        )
     # Stored once the broker has the message (record_published): a publish that raises
     # goes to the caller, and must leave no operation waiting for a worker that never
     # gets it. One publish at a time per thread, so a failed one's events are simply
     # replaced by the next publish's. The context is this moment's, so the events carry
     # the span current now (an instrumentation's publish span ends before they store).
-    _publishing.pending = (task_id, contextvars.copy_context(), emits)
+    _publishing.pending = (task_id, contextvars.copy_context(), queued)
 
 
 def record_published(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -261,9 +246,9 @@ def record_published(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if pending is None or pending[0] != (headers or {}).get("id"):
         return
     _publishing.pending = None
-    _, context, emits = pending
-    for emit in emits:
-        context.run(emit)
+    _, context, queued = pending
+    for operation_id, data, operation_type, metadata, parent in queued:
+        context.run(emitter.emit, "status", operation_id, data, operation_type, metadata, parent)
 
 
 def record_redelivered(request: Any = None, **_: Any) -> None:
